@@ -1,0 +1,162 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The union: a node table over a stack of layers with the kernel overlayfs's semantics.
+ *
+ * Layer 0 is the writable upper when there is one; lower layers follow, top first.  Lower
+ * layers never change and the upper changes only through this daemon, so what a node learnt
+ * at lookup stays true until the daemon itself changes it: nodes are the cache.
+ *
+ * Locking: fs->tree_lock (rwlock) guards the shape of the node tree (parent/name links, a
+ * node's layer stack); read ops hold it shared while they turn a node into a path and use
+ * it, namespace changes hold it exclusive.  fs->copy_lock serialises copy-ups and other
+ * writes into the upper so two of them never race on one name.  The node hash has a lock
+ * per bucket.  Errors are negative errno values.
+ */
+#ifndef STRATA_OVL_H
+#define STRATA_OVL_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "layer/layer.h"
+
+#define OVL_HASH_BUCKETS 4096
+
+struct ovl_lent {               /* where a node exists: layer index and backend ref */
+	int layer;
+	uint64_t ref;
+};
+
+struct ovl_node {
+	struct ovl_node *parent;
+	char *name;
+	struct ovl_node *hnext;         /* hash chain, keyed by (parent, name) */
+	uint64_t nlookup;               /* kernel references (lookup/forget) */
+	uint64_t nref;                  /* children + open handles pointing at us */
+	mode_t type;                    /* S_IFMT bits */
+	uint64_t ino;                   /* what st_ino shows: stable for the mount's life */
+	int nlent;                      /* layers holding it, top first; >1 only for dirs */
+	struct ovl_lent *lent;
+	bool hashed;                    /* still reachable by (parent, name) */
+};
+
+struct ovl_idmap {
+	uint32_t inside, outside, count;
+};
+
+struct ovl_opts {
+	struct ovl_idmap *uidmap, *gidmap;
+	int nuidmap, ngidmap;
+	long squash_uid, squash_gid;    /* -1 = off */
+	bool static_nlink;
+	int xattr_permissions;          /* 0, 1 (containers), 2 (fuseoverlayfs) */
+	int noxattrs;                   /* 0, 1 (all fail ENOTSUP), 2 (silently ignored) */
+	bool ino32;
+	bool volatile_;                 /* fsync is a no-op */
+	double timeout;
+};
+
+struct ovl_inomap;
+struct ovl_devmap;
+
+struct ovl_fs {
+	struct layer **layers;
+	int nlayers;
+	bool has_upper;
+	int upper_fd;                   /* O_PATH root of the upper, -1 when read-only */
+	int work_fd;                    /* O_PATH workdir/work: staging for atomic creates */
+	bool priv;                      /* may write trusted.* xattrs and device nodes */
+	bool rootless;                  /* running without real privilege: no chown */
+	struct ovl_opts o;
+	struct ovl_node *root;
+	pthread_rwlock_t tree_lock;
+	pthread_mutex_t copy_lock;
+	pthread_mutex_t hash_lock[64];
+	struct ovl_node *hash[OVL_HASH_BUCKETS];
+	struct ovl_inomap *inomap;
+	struct ovl_devmap *devmap;
+	uint64_t tmp_seq;
+};
+
+/* What a lookup of one name found across the stack. */
+struct ovl_res {
+	struct stat st;                 /* of the topmost entry */
+	int nlent;
+	struct ovl_lent *lent;          /* caller frees */
+};
+
+/* ovl_fs.c */
+int ovl_fs_init(struct ovl_fs *fs, char **lowers, int nlowers, const char *upper,
+		const char *work, char *err, size_t errlen);
+void ovl_fs_destroy(struct ovl_fs *fs);
+uint64_t ovl_ino_for(struct ovl_fs *fs, int layer, dev_t dev, ino_t ino);
+void ovl_ino_remember(struct ovl_fs *fs, ino_t upper_ino, uint64_t shown);
+
+/* ovl_node.c */
+struct ovl_node *ovl_node_find(struct ovl_fs *fs, struct ovl_node *parent, const char *name);
+struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const char *name,
+			      struct ovl_res *res);
+void ovl_node_unhash(struct ovl_fs *fs, struct ovl_node *n);
+void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, const char *name);
+void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup);
+void ovl_node_get(struct ovl_node *n);
+void ovl_node_put(struct ovl_fs *fs, struct ovl_node *n);
+int ovl_node_path(struct ovl_node *n, char *buf, size_t size);
+int ovl_join(const char *dir, const char *name, char *buf, size_t size);
+static inline bool ovl_in_upper(const struct ovl_fs *fs, const struct ovl_node *n)
+{
+	return fs->has_upper && n->nlent > 0 && n->lent[0].layer == 0;
+}
+
+/* ovl_lookup.c */
+int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name,
+		bool skip_upper, struct ovl_res *res);
+int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+	       struct ovl_node **out, struct stat *st);
+int ovl_getattr(struct ovl_fs *fs, struct ovl_node *n, struct stat *st);
+int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st);
+bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name);
+
+/* ovl_readdir.c */
+struct ovl_dirent {
+	char *name;
+	unsigned char type;
+	uint64_t ino;
+};
+struct ovl_dir {
+	struct ovl_dirent *ents;
+	size_t n, cap;
+};
+int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out);
+void ovl_dir_free(struct ovl_dir *d);
+
+/* ovl_copyup.c */
+int ovl_copy_up(struct ovl_fs *fs, struct ovl_node *n);
+int ovl_tmpname(struct ovl_fs *fs, char *buf, size_t size);
+
+/* ovl_ops.c: namespace changes in the merged view */
+struct ovl_cred {
+	uid_t uid;
+	gid_t gid;
+};
+int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t mode,
+	       dev_t rdev, const char *link, int oflags, const struct ovl_cred *cred,
+	       struct ovl_node **out, struct stat *st, int *fd);
+int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, const char *name,
+	     struct ovl_node **out, struct stat *st);
+int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool isdir);
+int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+	       struct ovl_node *ndir, const char *nname, unsigned int flags);
+
+/* ovl_attr.c: ownership mapping and stat overrides */
+void ovl_map_stat(struct ovl_fs *fs, struct stat *st);
+uid_t ovl_uid_to_host(struct ovl_fs *fs, uid_t uid);
+gid_t ovl_gid_to_host(struct ovl_fs *fs, gid_t gid);
+int ovl_override_read(struct ovl_fs *fs, const char *procpath, struct stat *st);
+int ovl_override_write(struct ovl_fs *fs, const char *procpath, uid_t uid, gid_t gid,
+		       mode_t mode);
+
+#endif

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * Lookup across the stack: the topmost entry wins, a whiteout hides what is below it, an
+ * opaque directory stops the walk, and a non-directory hides directories below it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "overlay/ovl.h"
+#include "overlay/whiteout.h"
+
+/* Look `name` up in one layer of a directory's stack.  1 = found, 0 = absent,
+ * -ENOENT = whited out here (stop), other negative = error. */
+static int ovl_layer_find(struct ovl_fs *fs, const struct ovl_lent *dl, const char *dpath,
+			  const char *name, struct lnode *child, struct stat *st)
+{
+	struct layer *l = fs->layers[dl->layer];
+	struct lnode dir = { dpath, dl->ref };
+	char whname[NAME_MAX + 1];
+	struct lnode wh;
+	struct stat wst;
+	int ret;
+
+	child->path = NULL;
+	ret = l->ops->lookup(l, &dir, name, child, st);
+	if (ret == 0)
+		return wh_is_chardev_whiteout(st) ? -ENOENT : 1;
+	if (ret != -ENOENT)
+		return ret == -ENOTDIR ? 0 : ret;
+	if (strlen(name) + WH_PREFIX_LEN > NAME_MAX)
+		return 0;
+	memcpy(whname, WH_PREFIX, WH_PREFIX_LEN);
+	strcpy(whname + WH_PREFIX_LEN, name);
+	if (l->ops->lookup(l, &dir, whname, &wh, &wst) == 0)
+		return -ENOENT;
+	return 0;
+}
+
+int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name,
+		bool skip_upper, struct ovl_res *res)
+{
+	char cpath[PATH_MAX];
+	struct stat st;
+	int i, ret;
+
+	memset(res, 0, sizeof(*res));
+	if (wh_is_reserved_name(name))
+		return -ENOENT;
+	ret = ovl_join(dpath, name, cpath, sizeof(cpath));
+	if (ret)
+		return ret;
+	res->lent = calloc(dir->nlent, sizeof(*res->lent));
+	if (!res->lent)
+		return -ENOMEM;
+	for (i = 0; i < dir->nlent; i++) {
+		const struct ovl_lent *dl = &dir->lent[i];
+		struct lnode child;
+
+		if (skip_upper && fs->has_upper && dl->layer == 0)
+			continue;
+		ret = ovl_layer_find(fs, dl, dpath, name, &child, &st);
+		if (ret == 0)
+			continue;
+		if (ret < 0)
+			break;
+		if (res->nlent == 0) {
+			res->st = st;
+		} else if (!S_ISDIR(st.st_mode)) {
+			break;  /* a non-directory below a directory is hidden by it */
+		}
+		res->lent[res->nlent].layer = dl->layer;
+		res->lent[res->nlent].ref = child.ref;
+		res->nlent++;
+		if (!S_ISDIR(st.st_mode))
+			break;
+		child.path = cpath;
+		if (wh_layer_dir_is_opaque(fs->layers[dl->layer], &child))
+			break;
+	}
+	if (res->nlent)
+		return 0;
+	free(res->lent);
+	res->lent = NULL;
+	return ret < 0 && ret != -ENOENT ? ret : -ENOENT;
+}
+
+/* Is anything visible below the upper at dir/name?  Decides whether removing the upper
+ * entry needs a whiteout. */
+bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name)
+{
+	struct ovl_res res;
+
+	if (ovl_resolve(fs, dir, dpath, name, true, &res) < 0)
+		return false;
+	free(res.lent);
+	return true;
+}
+
+int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st)
+{
+	struct layer *l = fs->layers[n->lent[0].layer];
+	struct lnode ln = { path, n->lent[0].ref };
+	int ret = l->ops->getattr(l, &ln, st);
+
+	if (ret)
+		return ret;
+	st->st_ino = n->ino;
+	if (S_ISDIR(st->st_mode) && (n->nlent > 1 || fs->o.static_nlink))
+		st->st_nlink = 1;       /* a merged dir's links cannot be counted cheaply */
+	if (fs->o.xattr_permissions && l->root_fd >= 0) {
+		char proc[PATH_MAX + 32];
+
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", l->root_fd, path);
+		ovl_override_read(fs, proc, st);
+	}
+	ovl_map_stat(fs, st);
+	return 0;
+}
+
+int ovl_getattr(struct ovl_fs *fs, struct ovl_node *n, struct stat *st)
+{
+	char path[PATH_MAX];
+	int ret;
+
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = ovl_node_path(n, path, sizeof(path));
+	if (!ret)
+		ret = ovl_stat_top(fs, n, path, st);
+	pthread_rwlock_unlock(&fs->tree_lock);
+	return ret;
+}
+
+int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+	       struct ovl_node **out, struct stat *st)
+{
+	char dpath[PATH_MAX], cpath[PATH_MAX];
+	struct ovl_res res;
+	struct ovl_node *n;
+	int ret;
+
+	if (!S_ISDIR(dir->type))
+		return -ENOTDIR;
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = ovl_node_path(dir, dpath, sizeof(dpath));
+	if (ret)
+		goto out;
+	ret = ovl_join(dpath, name, cpath, sizeof(cpath));
+	if (ret)
+		goto out;
+	n = ovl_node_find(fs, dir, name);
+	if (n) {
+		ret = ovl_stat_top(fs, n, cpath, st);
+		if (ret == 0) {
+			__atomic_add_fetch(&n->nlookup, 1, __ATOMIC_SEQ_CST);
+			*out = n;
+		}
+		goto out;
+	}
+	ret = ovl_resolve(fs, dir, dpath, name, false, &res);
+	if (ret)
+		goto out;
+	pthread_rwlock_unlock(&fs->tree_lock);
+
+	/* Adding a node changes the tree: exclusive, and someone may have beaten us to it. */
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	n = ovl_node_find(fs, dir, name);
+	if (n) {
+		free(res.lent);
+	} else {
+		n = ovl_node_new(fs, dir, name, &res);
+		if (!n) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	ret = ovl_stat_top(fs, n, cpath, st);
+	if (ret == 0) {
+		n->nlookup++;
+		*out = n;
+	}
+out:
+	pthread_rwlock_unlock(&fs->tree_lock);
+	return ret;
+}

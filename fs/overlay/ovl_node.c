@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* The node table: one node per name the kernel knows, hashed by (parent, name). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "overlay/ovl.h"
+
+static unsigned int ovl_hash(const struct ovl_node *parent, const char *name)
+{
+	uint64_t h = (uint64_t)(uintptr_t)parent * 0x9e3779b97f4a7c15ULL;
+
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 0x100000001b3ULL;
+	return (unsigned int)(h ^ (h >> 29)) % OVL_HASH_BUCKETS;
+}
+
+static pthread_mutex_t *ovl_bucket_lock(struct ovl_fs *fs, unsigned int b)
+{
+	return &fs->hash_lock[b % 64];
+}
+
+struct ovl_node *ovl_node_find(struct ovl_fs *fs, struct ovl_node *parent, const char *name)
+{
+	unsigned int b = ovl_hash(parent, name);
+	struct ovl_node *n;
+
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	for (n = fs->hash[b]; n; n = n->hnext)
+		if (n->parent == parent && strcmp(n->name, name) == 0)
+			break;
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+	return n;
+}
+
+static void ovl_hash_add(struct ovl_fs *fs, struct ovl_node *n)
+{
+	unsigned int b = ovl_hash(n->parent, n->name);
+
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	n->hnext = fs->hash[b];
+	fs->hash[b] = n;
+	n->hashed = true;
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+}
+
+void ovl_node_unhash(struct ovl_fs *fs, struct ovl_node *n)
+{
+	unsigned int b;
+	struct ovl_node **pp;
+
+	if (!n->hashed)
+		return;
+	b = ovl_hash(n->parent, n->name);
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	for (pp = &fs->hash[b]; *pp; pp = &(*pp)->hnext) {
+		if (*pp == n) {
+			*pp = n->hnext;
+			break;
+		}
+	}
+	n->hashed = false;
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+}
+
+/* Takes ownership of res->lent. */
+struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const char *name,
+			      struct ovl_res *res)
+{
+	struct ovl_node *n = calloc(1, sizeof(*n));
+
+	if (!n || !(n->name = strdup(name))) {
+		free(n);
+		free(res->lent);
+		res->lent = NULL;
+		return NULL;
+	}
+	n->parent = parent;
+	n->type = res->st.st_mode & S_IFMT;
+	n->nlent = res->nlent;
+	n->lent = res->lent;
+	res->lent = NULL;
+	n->ino = ovl_ino_for(fs, n->lent[0].layer, res->st.st_dev, res->st.st_ino);
+	if (parent) {
+		__atomic_add_fetch(&parent->nref, 1, __ATOMIC_SEQ_CST);
+		ovl_hash_add(fs, n);
+	}
+	return n;
+}
+
+void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, const char *name)
+{
+	char *nn = strdup(name);
+	struct ovl_node *old = n->parent;
+
+	if (!nn)
+		return;         /* keeps the old name: a later lookup makes a fresh node */
+	ovl_node_unhash(fs, n);
+	free(n->name);
+	n->name = nn;
+	if (np != old) {
+		ovl_node_get(np);
+		n->parent = np;
+		ovl_node_put(fs, old);
+	}
+	ovl_hash_add(fs, n);
+}
+
+void ovl_node_get(struct ovl_node *n)
+{
+	__atomic_add_fetch(&n->nref, 1, __ATOMIC_SEQ_CST);
+}
+
+static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
+{
+	while (n && n->parent) {
+		struct ovl_node *p = n->parent;
+
+		if (__atomic_load_n(&n->nlookup, __ATOMIC_SEQ_CST) ||
+		    __atomic_load_n(&n->nref, __ATOMIC_SEQ_CST))
+			return;
+		ovl_node_unhash(fs, n);
+		free(n->name);
+		free(n->lent);
+		free(n);
+		if (__atomic_sub_fetch(&p->nref, 1, __ATOMIC_SEQ_CST))
+			return;
+		n = p;
+	}
+}
+
+void ovl_node_put(struct ovl_fs *fs, struct ovl_node *n)
+{
+	if (__atomic_sub_fetch(&n->nref, 1, __ATOMIC_SEQ_CST) == 0 &&
+	    __atomic_load_n(&n->nlookup, __ATOMIC_SEQ_CST) == 0)
+		ovl_node_free_chain(fs, n);
+}
+
+void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup)
+{
+	if (!n->parent)
+		return;         /* the root lives as long as the mount */
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (__atomic_sub_fetch(&n->nlookup, nlookup, __ATOMIC_SEQ_CST) == 0 &&
+	    __atomic_load_n(&n->nref, __ATOMIC_SEQ_CST) == 0)
+		ovl_node_free_chain(fs, n);
+	pthread_rwlock_unlock(&fs->tree_lock);
+}
+
+int ovl_join(const char *dir, const char *name, char *buf, size_t size)
+{
+	int n = *dir ? snprintf(buf, size, "%s/%s", dir, name) : snprintf(buf, size, "%s", name);
+
+	return n < (int)size ? 0 : -ENAMETOOLONG;
+}
+
+/* The node's path relative to every layer root ("" for the root).  Caller holds tree_lock. */
+int ovl_node_path(struct ovl_node *n, char *buf, size_t size)
+{
+	size_t pos = size - 1;
+	struct ovl_node *p;
+
+	buf[pos] = 0;
+	for (p = n; p->parent; p = p->parent) {
+		size_t len = strlen(p->name);
+
+		if (len + 1 > pos)
+			return -ENAMETOOLONG;
+		pos -= len;
+		memcpy(buf + pos, p->name, len);
+		if (p->parent->parent)
+			buf[--pos] = '/';
+	}
+	memmove(buf, buf + pos, size - pos);
+	return 0;
+}

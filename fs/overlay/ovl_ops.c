@@ -1,0 +1,545 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * Namespace changes in the merged view: create, link, unlink/rmdir, rename.  All of them
+ * hold fs->copy_lock (one writer to the upper at a time) and build new entries in workdir,
+ * renaming them into place last, so each change appears at once or not at all.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include "overlay/ovl.h"
+#include "overlay/whiteout.h"
+
+/* A child as the merged view has it: the hashed node if the kernel knows it, else a
+ * temporary one built from a fresh resolve.  ovl_child_put() releases it. */
+struct ovl_child {
+	struct ovl_node *n;
+	struct ovl_node tmp;
+	bool temp;
+};
+
+static int ovl_child_get(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath,
+			 const char *name, struct ovl_child *c)
+{
+	struct ovl_res res;
+	int ret;
+
+	memset(c, 0, sizeof(*c));
+	c->n = ovl_node_find(fs, dir, name);
+	if (c->n)
+		return 0;
+	ret = ovl_resolve(fs, dir, dpath, name, false, &res);
+	if (ret)
+		return ret;
+	c->temp = true;
+	c->n = &c->tmp;
+	c->tmp.parent = dir;
+	c->tmp.name = (char *)name;
+	c->tmp.type = res.st.st_mode & S_IFMT;
+	c->tmp.nlent = res.nlent;
+	c->tmp.lent = res.lent;
+	c->tmp.ino = ovl_ino_for(fs, res.lent[0].layer, res.st.st_dev, res.st.st_ino);
+	return 0;
+}
+
+static void ovl_child_put(struct ovl_child *c)
+{
+	if (c->temp)
+		free(c->tmp.lent);
+	c->n = NULL;
+}
+
+static int ovl_paths(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+		     char *dpath, char *path)
+{
+	int ret;
+
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = ovl_node_path(dir, dpath, PATH_MAX);
+	pthread_rwlock_unlock(&fs->tree_lock);
+	return ret ? ret : ovl_join(dpath, name, path, PATH_MAX);
+}
+
+/* Move work/tmp to upper/path, replacing a whiteout there atomically (exchange, then drop
+ * the whiteout from workdir), and drop an OCI-form whiteout beside it. */
+static int ovl_install(struct ovl_fs *fs, const char *tmp, const char *dpath, const char *name,
+		       const char *path)
+{
+	char whpath[PATH_MAX + 8];
+	struct stat st;
+
+	if (fstatat(fs->upper_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (!wh_is_chardev_whiteout(&st))
+			return -EEXIST;
+		if (renameat2(fs->work_fd, tmp, fs->upper_fd, path, RENAME_EXCHANGE) < 0)
+			return -errno;
+		unlinkat(fs->work_fd, tmp, 0);
+		return 0;
+	}
+	if (renameat2(fs->work_fd, tmp, fs->upper_fd, path, RENAME_NOREPLACE) < 0)
+		return -errno;
+	snprintf(whpath, sizeof(whpath), "%s%s" WH_PREFIX "%s", dpath, *dpath ? "/" : "", name);
+	unlinkat(fs->upper_fd, whpath, 0);
+	return 0;
+}
+
+static int ovl_set_owner(struct ovl_fs *fs, const char *tmp, const struct stat *pst,
+			 const struct ovl_cred *cred, mode_t mode)
+{
+	char proc[PATH_MAX];
+	uid_t uid = ovl_uid_to_host(fs, cred->uid);
+	gid_t gid = (pst->st_mode & S_ISGID) ? pst->st_gid : ovl_gid_to_host(fs, cred->gid);
+
+	if (fs->o.xattr_permissions) {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", fs->work_fd, tmp);
+		return S_ISLNK(mode) ? 0 : ovl_override_write(fs, proc, cred->uid,
+					(pst->st_mode & S_ISGID) ? pst->st_gid : cred->gid, mode);
+	}
+	if (fchownat(fs->work_fd, tmp, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 && !fs->rootless)
+		return -errno;
+	/* chown clears set-id bits; the mode asked for still wants them. */
+	if (!S_ISLNK(mode) && (mode & (S_ISUID | S_ISGID)) &&
+	    fchmodat(fs->work_fd, tmp, mode & 07777, 0) < 0)
+		return -errno;
+	return 0;
+}
+
+static int ovl_new_node(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+			const char *path, struct ovl_node **out, struct stat *st)
+{
+	struct ovl_res res = { 0 };
+	struct ovl_node *n;
+
+	if (fstatat(fs->upper_fd, path, &res.st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	res.lent = calloc(1, sizeof(*res.lent));
+	if (!res.lent)
+		return -ENOMEM;
+	res.nlent = 1;
+	res.lent[0].ref = res.st.st_ino;
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	n = ovl_node_new(fs, dir, name, &res);
+	if (n) {
+		n->nlookup = 1;
+		ovl_stat_top(fs, n, path, st);
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	*out = n;
+	return n ? 0 : -ENOMEM;
+}
+
+static int ovl_make_tmp(struct ovl_fs *fs, const char *tmp, mode_t mode, dev_t rdev,
+			const char *link, int oflags, int *fd)
+{
+	switch (mode & S_IFMT) {
+	case S_IFREG:
+		*fd = openat(fs->work_fd, tmp, (oflags & ~(O_TRUNC | O_NOFOLLOW)) | O_CREAT |
+			     O_EXCL | O_CLOEXEC, mode & 07777);
+		return *fd < 0 ? -errno : 0;
+	case S_IFDIR:
+		return mkdirat(fs->work_fd, tmp, mode & 07777) < 0 ? -errno : 0;
+	case S_IFLNK:
+		return symlinkat(link, fs->work_fd, tmp) < 0 ? -errno : 0;
+	default:
+		return mknodat(fs->work_fd, tmp, mode, rdev) < 0 ? -errno : 0;
+	}
+}
+
+int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t mode,
+	       dev_t rdev, const char *link, int oflags, const struct ovl_cred *cred,
+	       struct ovl_node **out, struct stat *st, int *fd)
+{
+	char dpath[PATH_MAX], path[PATH_MAX], tmp[64];
+	struct ovl_child c;
+	struct stat pst;
+	int ret, lfd = -1;
+
+	if (wh_is_reserved_name(name))
+		return -EINVAL;
+	pthread_mutex_lock(&fs->copy_lock);
+	ret = ovl_paths(fs, dir, name, dpath, path);
+	if (ret)
+		goto out;
+	ret = ovl_child_get(fs, dir, dpath, name, &c);
+	if (ret != -ENOENT) {
+		if (!ret)
+			ovl_child_put(&c);
+		ret = ret ? ret : -EEXIST;
+		goto out;
+	}
+	ret = ovl_copy_up(fs, dir);
+	if (ret)
+		goto out;
+	if (fstatat(fs->upper_fd, *dpath ? dpath : ".", &pst, 0) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (S_ISDIR(mode) && (pst.st_mode & S_ISGID))
+		mode |= S_ISGID;
+	ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+	if (!ret)
+		ret = ovl_make_tmp(fs, tmp, mode, rdev, link, oflags, &lfd);
+	if (ret)
+		goto out;
+	ret = ovl_set_owner(fs, tmp, &pst, cred, mode);
+	/* A new directory where a lower one is whited out must not let it show through. */
+	if (!ret && S_ISDIR(mode) && ovl_lower_has(fs, dir, dpath, name)) {
+		int dfd = openat(fs->work_fd, tmp, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+		ret = dfd < 0 ? -errno : wh_set_opaque(dfd, fs->priv);
+		if (dfd >= 0)
+			close(dfd);
+	}
+	if (!ret)
+		ret = ovl_install(fs, tmp, dpath, name, path);
+	if (ret) {
+		unlinkat(fs->work_fd, tmp, S_ISDIR(mode) ? AT_REMOVEDIR : 0);
+		goto out;
+	}
+	ret = ovl_new_node(fs, dir, name, path, out, st);
+out:
+	pthread_mutex_unlock(&fs->copy_lock);
+	if (ret && lfd >= 0)
+		close(lfd);
+	else if (fd)
+		*fd = lfd;
+	else if (lfd >= 0)
+		close(lfd);
+	return ret;
+}
+
+int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, const char *name,
+	     struct ovl_node **out, struct stat *st)
+{
+	char dpath[PATH_MAX], path[PATH_MAX], spath[PATH_MAX], tmp[64];
+	struct ovl_child c;
+	int ret;
+
+	if (wh_is_reserved_name(name))
+		return -EINVAL;
+	pthread_mutex_lock(&fs->copy_lock);
+	ret = ovl_paths(fs, dir, name, dpath, path);
+	if (ret)
+		goto out;
+	ret = ovl_child_get(fs, dir, dpath, name, &c);
+	if (ret != -ENOENT) {
+		if (!ret)
+			ovl_child_put(&c);
+		ret = ret ? ret : -EEXIST;
+		goto out;
+	}
+	ret = ovl_copy_up(fs, src);
+	if (!ret)
+		ret = ovl_copy_up(fs, dir);
+	if (ret)
+		goto out;
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = ovl_node_path(src, spath, sizeof(spath));
+	pthread_rwlock_unlock(&fs->tree_lock);
+	if (!ret)
+		ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+	if (ret)
+		goto out;
+	if (linkat(fs->upper_fd, spath, fs->work_fd, tmp, 0) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = ovl_install(fs, tmp, dpath, name, path);
+	if (ret) {
+		unlinkat(fs->work_fd, tmp, 0);
+		goto out;
+	}
+	ret = ovl_new_node(fs, dir, name, path, out, st);
+out:
+	pthread_mutex_unlock(&fs->copy_lock);
+	return ret;
+}
+
+/* Empty an upper directory the merged view says is empty: only whiteouts can be in it. */
+static int ovl_clear_whiteouts(struct ovl_fs *fs, int parentfd, const char *path)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd, ret = 0;
+
+	fd = openat(parentfd, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) < 0 && !ret)
+			ret = -errno;
+	}
+	closedir(d);
+	(void)fs;
+	return ret;
+}
+
+static int ovl_dir_empty(struct ovl_fs *fs, struct ovl_node *n)
+{
+	struct ovl_dir d;
+	int ret = ovl_dir_read(fs, n, &d);
+
+	if (ret)
+		return ret;
+	ret = d.n ? -ENOTEMPTY : 0;
+	ovl_dir_free(&d);
+	return ret;
+}
+
+/* Take the upper entry at `path` away, leaving a whiteout there if `wh` (atomically: the
+ * whiteout is made in workdir and exchanged or renamed over the entry). */
+static int ovl_remove_upper(struct ovl_fs *fs, const char *dpath, const char *name,
+			    const char *path, bool isdir, bool wh)
+{
+	char tmp[64];
+	int ret, pfd;
+
+	ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+	if (ret)
+		return ret;
+	if (isdir) {
+		ret = ovl_clear_whiteouts(fs, fs->upper_fd, path);
+		if (ret)
+			return ret;
+	}
+	if (wh && mknodat(fs->work_fd, tmp, S_IFCHR, makedev(0, 0)) == 0) {
+		if (renameat2(fs->work_fd, tmp, fs->upper_fd, path,
+			      isdir ? RENAME_EXCHANGE : 0) < 0) {
+			ret = -errno;
+			unlinkat(fs->work_fd, tmp, 0);
+			return ret;
+		}
+		if (isdir && unlinkat(fs->work_fd, tmp, AT_REMOVEDIR) < 0)
+			return -errno;
+		return 0;
+	}
+	if (unlinkat(fs->upper_fd, path, isdir ? AT_REMOVEDIR : 0) < 0)
+		return -errno;
+	if (!wh)
+		return 0;
+	pfd = openat(fs->upper_fd, *dpath ? dpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (pfd < 0)
+		return -errno;
+	ret = wh_create(pfd, name, fs->priv);
+	close(pfd);
+	return ret;
+}
+
+int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool isdir)
+{
+	char dpath[PATH_MAX], path[PATH_MAX];
+	struct ovl_child c;
+	bool wh;
+	int ret, pfd;
+
+	pthread_mutex_lock(&fs->copy_lock);
+	ret = ovl_paths(fs, dir, name, dpath, path);
+	if (!ret)
+		ret = ovl_child_get(fs, dir, dpath, name, &c);
+	if (ret)
+		goto out;
+	if (isdir && !S_ISDIR(c.n->type))
+		ret = -ENOTDIR;
+	else if (!isdir && S_ISDIR(c.n->type))
+		ret = -EISDIR;
+	else if (!fs->has_upper)
+		ret = -EROFS;
+	else if (isdir)
+		ret = ovl_dir_empty(fs, c.n);
+	if (!ret)
+		ret = ovl_copy_up(fs, dir);
+	if (ret)
+		goto put;
+	wh = ovl_lower_has(fs, dir, dpath, name);
+	if (ovl_in_upper(fs, c.n)) {
+		ret = ovl_remove_upper(fs, dpath, name, path, isdir, wh);
+	} else {
+		pfd = openat(fs->upper_fd, *dpath ? dpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+		ret = pfd < 0 ? -errno : wh_create(pfd, name, fs->priv);
+		if (pfd >= 0)
+			close(pfd);
+	}
+	if (!ret && !c.temp) {
+		pthread_rwlock_wrlock(&fs->tree_lock);
+		ovl_node_unhash(fs, c.n);
+		pthread_rwlock_unlock(&fs->tree_lock);
+	}
+put:
+	ovl_child_put(&c);
+out:
+	pthread_mutex_unlock(&fs->copy_lock);
+	return ret;
+}
+
+/* A directory whose content comes (partly) from a lower layer cannot simply move: the
+ * kernel needs redirect_dir for that, and without it answers EXDEV so that mv copies. */
+static bool ovl_dir_has_lower(struct ovl_fs *fs, struct ovl_node *n)
+{
+	return S_ISDIR(n->type) && (!ovl_in_upper(fs, n) || n->nlent > 1);
+}
+
+static int ovl_opaque_if_lower(struct ovl_fs *fs, struct ovl_node *ndir, const char *ndpath,
+			       const char *nname, const char *npath)
+{
+	int dfd, ret;
+
+	if (!ovl_lower_has(fs, ndir, ndpath, nname))
+		return 0;
+	dfd = openat(fs->upper_fd, npath, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	ret = wh_set_opaque(dfd, fs->priv);
+	close(dfd);
+	return ret;
+}
+
+static int ovl_rename_checks(struct ovl_fs *fs, struct ovl_child *s, struct ovl_child *t,
+			     bool have_t, unsigned int flags)
+{
+	if (flags & RENAME_EXCHANGE) {
+		if (!have_t)
+			return -ENOENT;
+		if (ovl_dir_has_lower(fs, t->n))
+			return -EXDEV;
+		return 0;
+	}
+	if (!have_t)
+		return 0;
+	if (flags & RENAME_NOREPLACE)
+		return -EEXIST;
+	if (S_ISDIR(t->n->type) && !S_ISDIR(s->n->type))
+		return -EISDIR;
+	if (!S_ISDIR(t->n->type) && S_ISDIR(s->n->type))
+		return -ENOTDIR;
+	if (S_ISDIR(t->n->type))
+		return ovl_dir_empty(fs, t->n);
+	return 0;
+}
+
+/* Clear the way at the target in the upper: an empty-looking directory may hold
+ * whiteouts, a whiteout char device cannot be replaced by a directory. */
+static int ovl_rename_prepare_target(struct ovl_fs *fs, struct ovl_child *t, bool have_t,
+				     bool src_dir, const char *ndpath, const char *nname,
+				     const char *npath)
+{
+	char whpath[PATH_MAX + 8];
+	struct stat st;
+
+	if (have_t && ovl_in_upper(fs, t->n) && S_ISDIR(t->n->type))
+		return ovl_clear_whiteouts(fs, fs->upper_fd, npath);
+	if (fstatat(fs->upper_fd, npath, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    wh_is_chardev_whiteout(&st) && src_dir && unlinkat(fs->upper_fd, npath, 0) < 0)
+		return -errno;
+	snprintf(whpath, sizeof(whpath), "%s%s" WH_PREFIX "%s", ndpath, *ndpath ? "/" : "", nname);
+	unlinkat(fs->upper_fd, whpath, 0);
+	return 0;
+}
+
+static int ovl_rename_upper(struct ovl_fs *fs, const char *spath, const char *sdpath,
+			    const char *sname, const char *npath, bool wh, bool exchange)
+{
+	int pfd, ret;
+
+	if (exchange)
+		return renameat2(fs->upper_fd, spath, fs->upper_fd, npath, RENAME_EXCHANGE) < 0
+			? -errno : 0;
+	if (wh && renameat2(fs->upper_fd, spath, fs->upper_fd, npath, RENAME_WHITEOUT) == 0)
+		return 0;
+	if (renameat(fs->upper_fd, spath, fs->upper_fd, npath) < 0)
+		return -errno;
+	if (!wh)
+		return 0;
+	pfd = openat(fs->upper_fd, *sdpath ? sdpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (pfd < 0)
+		return -errno;
+	ret = wh_create(pfd, sname, fs->priv);
+	close(pfd);
+	return ret;
+}
+
+int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
+	       struct ovl_node *ndir, const char *nname, unsigned int flags)
+{
+	char dpath[PATH_MAX], path[PATH_MAX], ndpath[PATH_MAX], npath[PATH_MAX];
+	struct ovl_child s, t;
+	bool have_t = false, wh;
+	int ret;
+
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
+	if (wh_is_reserved_name(nname))
+		return -EINVAL;
+	if (!fs->has_upper)
+		return -EROFS;
+	pthread_mutex_lock(&fs->copy_lock);
+	ret = ovl_paths(fs, dir, name, dpath, path);
+	if (!ret)
+		ret = ovl_paths(fs, ndir, nname, ndpath, npath);
+	if (!ret)
+		ret = ovl_child_get(fs, dir, dpath, name, &s);
+	if (ret)
+		goto out;
+	if (ovl_dir_has_lower(fs, s.n)) {
+		ret = -EXDEV;
+		goto put_s;
+	}
+	ret = ovl_child_get(fs, ndir, ndpath, nname, &t);
+	if (ret && ret != -ENOENT)
+		goto put_s;
+	have_t = ret == 0;
+	if (have_t && t.n == s.n) {
+		ret = 0;
+		goto put_t;
+	}
+	ret = ovl_rename_checks(fs, &s, &t, have_t, flags);
+	if (!ret)
+		ret = ovl_copy_up(fs, s.n);
+	if (!ret)
+		ret = ovl_copy_up(fs, ndir);
+	if (!ret && (flags & RENAME_EXCHANGE))
+		ret = ovl_copy_up(fs, t.n);
+	if (!ret && !(flags & RENAME_EXCHANGE))
+		ret = ovl_rename_prepare_target(fs, &t, have_t, S_ISDIR(s.n->type), ndpath,
+						nname, npath);
+	if (ret)
+		goto put_t;
+	wh = !(flags & RENAME_EXCHANGE) && ovl_lower_has(fs, dir, dpath, name);
+	ret = ovl_rename_upper(fs, path, dpath, name, npath, wh, flags & RENAME_EXCHANGE);
+	if (ret)
+		goto put_t;
+	if (S_ISDIR(s.n->type))
+		ovl_opaque_if_lower(fs, ndir, ndpath, nname, npath);
+	if ((flags & RENAME_EXCHANGE) && S_ISDIR(t.n->type))
+		ovl_opaque_if_lower(fs, dir, dpath, name, path);
+
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (have_t && !t.temp)
+		ovl_node_unhash(fs, t.n);
+	if (!s.temp)
+		ovl_node_move(fs, s.n, ndir, nname);
+	if ((flags & RENAME_EXCHANGE) && !t.temp)
+		ovl_node_move(fs, t.n, dir, name);
+	pthread_rwlock_unlock(&fs->tree_lock);
+put_t:
+	if (have_t)
+		ovl_child_put(&t);
+put_s:
+	ovl_child_put(&s);
+out:
+	pthread_mutex_unlock(&fs->copy_lock);
+	return ret;
+}

@@ -1,0 +1,961 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * stratafs: fuse_lowlevel_ops -> overlay calls.  Each op translates its request, calls the
+ * overlay, and replies exactly once on every path.  Node ids are node pointers; the root is
+ * FUSE_ROOT_ID.
+ */
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include "stratafs.h"
+#include "overlay/ovl.h"
+#include "overlay/whiteout.h"
+
+struct sfs {
+	struct ovl_fs fs;
+	struct sfs_config cfg;
+};
+
+struct sfs_fh {
+	int fd;                         /* host fd, or -1 for image files */
+	struct layer_file *lf;
+	struct layer *l;
+	struct ovl_dir dir;             /* directories: the merged listing */
+	bool is_dir;
+};
+
+static struct sfs *sfs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static struct ovl_node *sfs_node(fuse_req_t req, fuse_ino_t ino)
+{
+	return ino == FUSE_ROOT_ID ? sfs_of(req)->fs.root : (struct ovl_node *)(uintptr_t)ino;
+}
+
+static fuse_ino_t sfs_id(struct sfs *s, struct ovl_node *n)
+{
+	return n == s->fs.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n;
+}
+
+static struct sfs_fh *sfs_fh(struct fuse_file_info *fi)
+{
+	return (struct sfs_fh *)(uintptr_t)fi->fh;
+}
+
+static void sfs_entry(fuse_req_t req, struct ovl_node *n, const struct stat *st,
+		      struct fuse_entry_param *e)
+{
+	struct sfs *s = sfs_of(req);
+
+	memset(e, 0, sizeof(*e));
+	e->ino = sfs_id(s, n);
+	e->attr = *st;
+	e->attr_timeout = s->fs.o.timeout;
+	e->entry_timeout = s->fs.o.timeout;
+	/* Other names of a hard link are other nodes: keep their cached attrs short. */
+	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
+		e->attr_timeout = 0;
+}
+
+static void sfs_reply_entry(fuse_req_t req, int ret, struct ovl_node *n, const struct stat *st)
+{
+	struct fuse_entry_param e;
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	sfs_entry(req, n, st, &e);
+	fuse_reply_entry(req, &e);
+}
+
+static void sfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct sfs *s = sfs_of(req);
+	struct ovl_node *n;
+	struct stat st;
+	int ret = ovl_lookup(&s->fs, sfs_node(req, parent), name, &n, &st);
+
+	if (ret == -ENOENT) {
+		/* Cache the miss in the kernel: only we can make it appear. */
+		struct fuse_entry_param e = { .ino = 0, .entry_timeout = s->fs.o.timeout };
+
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	sfs_reply_entry(req, ret, n, &st);
+}
+
+static void sfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	ovl_node_forget(&sfs_of(req)->fs, sfs_node(req, ino), nlookup);
+	fuse_reply_none(req);
+}
+
+static void sfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f)
+{
+	size_t i;
+
+	for (i = 0; i < count; i++)
+		ovl_node_forget(&sfs_of(req)->fs, sfs_node(req, f[i].ino), f[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static int sfs_stat_node(fuse_req_t req, struct ovl_node *n, struct fuse_file_info *fi,
+			 struct stat *st)
+{
+	int ret = ovl_getattr(&sfs_of(req)->fs, n, st);
+
+	/* An open file whose name is gone: its fd still knows. */
+	if (ret == -ENOENT && fi && sfs_fh(fi)->fd >= 0 && fstat(sfs_fh(fi)->fd, st) == 0) {
+		st->st_ino = n->ino;
+		ovl_map_stat(&sfs_of(req)->fs, st);
+		ret = 0;
+	}
+	return ret;
+}
+
+static void sfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int ret = sfs_stat_node(req, sfs_node(req, ino), fi, &st);
+
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, sfs_of(req)->fs.o.timeout);
+}
+
+/* Copy the node up and hand back its upper path; holds copy_lock until sfs_upper_done(). */
+static int sfs_upper_begin(struct sfs *s, struct ovl_node *n, char *path)
+{
+	int ret;
+
+	pthread_mutex_lock(&s->fs.copy_lock);
+	ret = ovl_copy_up(&s->fs, n);
+	if (!ret) {
+		pthread_rwlock_rdlock(&s->fs.tree_lock);
+		ret = ovl_node_path(n, path, PATH_MAX);
+		pthread_rwlock_unlock(&s->fs.tree_lock);
+	}
+	if (ret)
+		pthread_mutex_unlock(&s->fs.copy_lock);
+	return ret;
+}
+
+static void sfs_upper_done(struct sfs *s)
+{
+	pthread_mutex_unlock(&s->fs.copy_lock);
+}
+
+static int sfs_upper_proc(struct sfs *s, const char *path, char *buf, size_t size)
+{
+	return snprintf(buf, size, "/proc/self/fd/%d/%s", s->fs.upper_fd, path) < (int)size
+		? 0 : -ENAMETOOLONG;
+}
+
+static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
+			  struct stat *attr, int to_set, int fd)
+{
+	const char *p = *path ? path : ".";
+	char proc[PATH_MAX + 32];
+	struct stat cur;
+	int ret = sfs_upper_proc(s, path, proc, sizeof(proc));
+
+	if (ret)
+		return ret;
+	if (s->fs.o.xattr_permissions && (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
+						    FUSE_SET_ATTR_GID))) {
+		ret = ovl_getattr(&s->fs, n, &cur);
+		if (ret)
+			return ret;
+		ret = ovl_override_write(&s->fs, proc,
+			(to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : cur.st_uid,
+			(to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : cur.st_gid,
+			(to_set & FUSE_SET_ATTR_MODE) ? attr->st_mode : cur.st_mode);
+		if (ret)
+			return ret;
+		to_set &= ~(FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID);
+	}
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? ovl_uid_to_host(&s->fs, attr->st_uid)
+							 : (uid_t)-1;
+		gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? ovl_gid_to_host(&s->fs, attr->st_gid)
+							 : (gid_t)-1;
+
+		if (fchownat(s->fs.upper_fd, p, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	if ((to_set & FUSE_SET_ATTR_MODE) && fchmodat(s->fs.upper_fd, p, attr->st_mode & 07777, 0) < 0)
+		return -errno;
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		if (fd >= 0 ? ftruncate(fd, attr->st_size) < 0
+			    : truncate(proc, attr->st_size) < 0)
+			return -errno;
+	}
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+		struct timespec ts[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_nsec = UTIME_OMIT } };
+
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			ts[0].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_ATIME)
+			ts[0] = attr->st_atim;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			ts[1].tv_nsec = UTIME_NOW;
+		else if (to_set & FUSE_SET_ATTR_MTIME)
+			ts[1] = attr->st_mtim;
+		if (utimensat(s->fs.upper_fd, p, ts, AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+static void sfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			struct fuse_file_info *fi)
+{
+	struct sfs *s = sfs_of(req);
+	struct ovl_node *n = sfs_node(req, ino);
+	char path[PATH_MAX];
+	struct stat st;
+	int ret = sfs_upper_begin(s, n, path);
+
+	if (!ret) {
+		ret = sfs_do_setattr(s, n, path, attr, to_set, fi ? sfs_fh(fi)->fd : -1);
+		sfs_upper_done(s);
+	}
+	if (!ret)
+		ret = sfs_stat_node(req, n, fi, &st);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, s->fs.o.timeout);
+}
+
+static void sfs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct sfs *s = sfs_of(req);
+	struct ovl_node *n = sfs_node(req, ino);
+	char path[PATH_MAX], buf[PATH_MAX + 1];
+	struct layer *l;
+	int ret;
+
+	pthread_rwlock_rdlock(&s->fs.tree_lock);
+	ret = ovl_node_path(n, path, sizeof(path));
+	if (!ret) {
+		l = s->fs.layers[n->lent[0].layer];
+		ret = l->ops->readlink(l, &(struct lnode){ path, n->lent[0].ref }, buf, PATH_MAX);
+	}
+	pthread_rwlock_unlock(&s->fs.tree_lock);
+	if (ret < 0) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	buf[ret] = 0;
+	fuse_reply_readlink(req, buf);
+}
+
+static void sfs_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev, const char *link)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct ovl_cred cred = { ctx->uid, ctx->gid };
+	struct ovl_node *n = NULL;
+	struct stat st;
+	int ret = ovl_create(&sfs_of(req)->fs, sfs_node(req, parent), name, mode, rdev, link, 0,
+			     &cred, &n, &st, NULL);
+
+	sfs_reply_entry(req, ret, n, &st);
+}
+
+static void sfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      dev_t rdev)
+{
+	sfs_make(req, parent, name, mode, rdev, NULL);
+}
+
+static void sfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	sfs_make(req, parent, name, S_IFDIR | (mode & 07777), 0, NULL);
+}
+
+static void sfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	sfs_make(req, parent, name, S_IFLNK | 0777, 0, link);
+}
+
+static void sfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -ovl_unlink(&sfs_of(req)->fs, sfs_node(req, parent), name, false));
+}
+
+static void sfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, -ovl_unlink(&sfs_of(req)->fs, sfs_node(req, parent), name, true));
+}
+
+static void sfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	fuse_reply_err(req, -ovl_rename(&sfs_of(req)->fs, sfs_node(req, parent), name,
+					sfs_node(req, newparent), newname, flags));
+}
+
+static void sfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct ovl_node *n = NULL;
+	struct stat st;
+	int ret = ovl_link(&sfs_of(req)->fs, sfs_node(req, ino), sfs_node(req, newparent),
+			   newname, &n, &st);
+
+	sfs_reply_entry(req, ret, n, &st);
+}
+
+static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_fh **out)
+{
+	struct sfs_fh *fh = calloc(1, sizeof(*fh));
+	char path[PATH_MAX];
+	bool write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+	int ret;
+
+	if (!fh)
+		return -ENOMEM;
+	fh->fd = -1;
+	/* The kernel does O_DIRECT against us; the host file needs no alignment games. */
+	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
+	if (write) {
+		ret = sfs_upper_begin(s, n, path);
+		if (!ret) {
+			fh->fd = openat(s->fs.upper_fd, path, flags | O_NOFOLLOW | O_CLOEXEC);
+			ret = fh->fd < 0 ? -errno : 0;
+			sfs_upper_done(s);
+		}
+	} else {
+		pthread_rwlock_rdlock(&s->fs.tree_lock);
+		ret = ovl_node_path(n, path, sizeof(path));
+		if (!ret) {
+			fh->l = s->fs.layers[n->lent[0].layer];
+			ret = fh->l->ops->open(fh->l, &(struct lnode){ path, n->lent[0].ref },
+					       flags & ~O_TRUNC, &fh->lf);
+		}
+		pthread_rwlock_unlock(&s->fs.tree_lock);
+		if (!ret)
+			fh->fd = fh->l->ops->host_fd(fh->lf);
+	}
+	if (ret) {
+		free(fh);
+		return ret;
+	}
+	*out = fh;
+	return 0;
+}
+
+static void sfs_fh_free(struct sfs_fh *fh)
+{
+	if (fh->lf)
+		fh->l->ops->close(fh->lf);
+	else if (fh->fd >= 0)
+		close(fh->fd);
+	ovl_dir_free(&fh->dir);
+	free(fh);
+}
+
+static void sfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct sfs_fh *fh;
+	int ret = sfs_open_fh(sfs_of(req), sfs_node(req, ino), fi->flags, &fh);
+
+	if (ret) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fi->fh = (uintptr_t)fh;
+	fi->keep_cache = 1;     /* nothing but this daemon changes a layer */
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		sfs_fh_free(fh);
+}
+
+static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct ovl_cred cred = { ctx->uid, ctx->gid };
+	struct fuse_entry_param e;
+	struct ovl_node *n = NULL;
+	struct sfs_fh *fh;
+	struct stat st;
+	int fd = -1, ret;
+
+	fh = calloc(1, sizeof(*fh));
+	if (!fh) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ret = ovl_create(&sfs_of(req)->fs, sfs_node(req, parent), name, S_IFREG | (mode & 07777),
+			 0, NULL, fi->flags & ~O_DIRECT, &cred, &n, &st, &fd);
+	if (ret) {
+		free(fh);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fh->fd = fd;
+	fi->fh = (uintptr_t)fh;
+	fi->keep_cache = 1;
+	sfs_entry(req, n, &st, &e);
+	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+		sfs_fh_free(fh);
+}
+
+static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct sfs_fh *fh = sfs_fh(fi);
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	ssize_t n;
+	char *buf;
+
+	(void)ino;
+	if (fh->fd >= 0) {
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = fh->fd;
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	}
+	buf = malloc(size ? size : 1);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n = fh->l->ops->read(fh->lf, buf, size, off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, n);
+	free(buf);
+}
+
+static void sfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+			  struct fuse_file_info *fi)
+{
+	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	ssize_t n;
+
+	(void)ino;
+	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	out.buf[0].fd = sfs_fh(fi)->fd;
+	out.buf[0].pos = off;
+	n = fuse_buf_copy(&out, in, 0);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_write(req, n);
+}
+
+static void sfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void sfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	sfs_fh_free(sfs_fh(fi));
+	fuse_reply_err(req, 0);
+}
+
+static void sfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct sfs *s = sfs_of(req);
+	int fd = sfs_fh(fi)->fd, ret = 0;
+
+	(void)ino;
+	if (!s->fs.o.volatile_ && s->cfg.fsync && fd >= 0 && !sfs_fh(fi)->lf)
+		ret = (datasync ? fdatasync(fd) : fsync(fd)) < 0 ? errno : 0;
+	fuse_reply_err(req, ret);
+}
+
+static void sfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct sfs_fh *fh = calloc(1, sizeof(*fh));
+	int ret;
+
+	if (!fh) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fh->fd = -1;
+	fh->is_dir = true;
+	ret = ovl_dir_read(&sfs_of(req)->fs, sfs_node(req, ino), &fh->dir);
+	if (ret) {
+		free(fh);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fi->fh = (uintptr_t)fh;
+	fi->keep_cache = 1;
+	fi->cache_readdir = 1;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		sfs_fh_free(fh);
+}
+
+static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi, bool plus)
+{
+	struct sfs *s = sfs_of(req);
+	struct sfs_fh *fh = sfs_fh(fi);
+	struct ovl_node *dir = sfs_node(req, ino);
+	char *buf = malloc(size), *p = buf;
+	size_t rem = size, i;
+	int err = 0;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	/* Offsets: 1 ".", 2 "..", then 3 + index into the merged listing. */
+	for (i = (size_t)off; i < fh->dir.n + 2; i++) {
+		struct stat st = { 0 };
+		struct fuse_entry_param e = { 0 };
+		struct ovl_node *n = NULL;
+		const char *name;
+		size_t len;
+
+		if (i < 2) {
+			name = i ? ".." : ".";
+			st.st_ino = i ? (dir->parent ? dir->parent->ino : dir->ino) : dir->ino;
+			st.st_mode = S_IFDIR;
+		} else {
+			name = fh->dir.ents[i - 2].name;
+			st.st_ino = fh->dir.ents[i - 2].ino;
+			st.st_mode = DTTOIF(fh->dir.ents[i - 2].type);
+		}
+		if (!plus) {
+			len = fuse_add_direntry(req, p, rem, name, &st, i + 1);
+		} else {
+			if (i >= 2) {
+				err = ovl_lookup(&s->fs, dir, name, &n, &st);
+				if (err == -ENOENT) {
+					err = 0;
+					continue;       /* gone since opendir */
+				}
+				if (err)
+					break;
+				sfs_entry(req, n, &st, &e);
+			} else {
+				e.attr = st;
+			}
+			len = fuse_add_direntry_plus(req, p, rem, name, &e, i + 1);
+		}
+		if (len > rem) {
+			if (n)
+				ovl_node_forget(&s->fs, n, 1);
+			break;
+		}
+		p += len;
+		rem -= len;
+	}
+	if (err && p == buf)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_buf(req, buf, size - rem);
+	free(buf);
+}
+
+static void sfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	sfs_do_readdir(req, ino, size, off, fi, false);
+}
+
+static void sfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			    struct fuse_file_info *fi)
+{
+	sfs_do_readdir(req, ino, size, off, fi, true);
+}
+
+static void sfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	sfs_fh_free(sfs_fh(fi));
+	fuse_reply_err(req, 0);
+}
+
+static void sfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			 struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void sfs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct sfs *s = sfs_of(req);
+	struct layer *l = s->fs.layers[0];
+	struct statvfs st;
+	int ret = l->ops->statfs(l, &st);
+
+	(void)ino;
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_statfs(req, &st);
+}
+
+static bool sfs_xattr_hidden(struct sfs *s, const char *name)
+{
+	return wh_xattr_is_private(name) ||
+	       (s->fs.o.xattr_permissions && strncmp(name, "user.", 5) == 0 &&
+		strstr(name, "override_stat"));
+}
+
+static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct sfs *s = sfs_of(req);
+	struct ovl_node *n = sfs_node(req, ino);
+	char path[PATH_MAX], *buf = NULL;
+	struct layer *l;
+	ssize_t ret;
+
+	if (s->fs.o.noxattrs) {
+		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : ENODATA);
+		return;
+	}
+	if (sfs_xattr_hidden(s, name)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (size && !(buf = malloc(size))) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_rwlock_rdlock(&s->fs.tree_lock);
+	ret = ovl_node_path(n, path, sizeof(path));
+	if (!ret) {
+		l = s->fs.layers[n->lent[0].layer];
+		ret = l->ops->getxattr(l, &(struct lnode){ path, n->lent[0].ref }, name, buf, size);
+	}
+	pthread_rwlock_unlock(&s->fs.tree_lock);
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else if (!size)
+		fuse_reply_xattr(req, ret);
+	else
+		fuse_reply_buf(req, buf, ret);
+	free(buf);
+}
+
+static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct sfs *s = sfs_of(req);
+	struct ovl_node *n = sfs_node(req, ino);
+	char path[PATH_MAX], *buf = NULL, *out = NULL, *p;
+	struct layer *l;
+	ssize_t len;
+	size_t olen = 0;
+
+	if (s->fs.o.noxattrs) {
+		if (size)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_xattr(req, 0);
+		return;
+	}
+	pthread_rwlock_rdlock(&s->fs.tree_lock);
+	len = ovl_node_path(n, path, sizeof(path));
+	l = s->fs.layers[n->lent[0].layer];
+	if (!len)
+		len = l->ops->listxattr(l, &(struct lnode){ path, n->lent[0].ref }, NULL, 0);
+	if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
+		len = l->ops->listxattr(l, &(struct lnode){ path, n->lent[0].ref }, buf, len);
+	else if (len > 0)
+		len = -ENOMEM;
+	pthread_rwlock_unlock(&s->fs.tree_lock);
+	for (p = buf; len > 0 && p < buf + len; p += strlen(p) + 1) {
+		if (sfs_xattr_hidden(s, p))
+			continue;
+		memcpy(out + olen, p, strlen(p) + 1);
+		olen += strlen(p) + 1;
+	}
+	if (len < 0)
+		fuse_reply_err(req, (int)-len);
+	else if (!size)
+		fuse_reply_xattr(req, olen);
+	else if (olen > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, out, olen);
+	free(buf);
+	free(out);
+}
+
+static void sfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			 size_t size, int flags)
+{
+	struct sfs *s = sfs_of(req);
+	char path[PATH_MAX], proc[PATH_MAX + 32];
+	int ret;
+
+	if (s->fs.o.noxattrs) {
+		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : 0);
+		return;
+	}
+	if (sfs_xattr_hidden(s, name)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	ret = sfs_upper_begin(s, sfs_node(req, ino), path);
+	if (!ret) {
+		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
+		if (!ret && lsetxattr(proc, name, value, size, flags) < 0)
+			ret = -errno;
+		sfs_upper_done(s);
+	}
+	fuse_reply_err(req, -ret);
+}
+
+static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct sfs *s = sfs_of(req);
+	char path[PATH_MAX], proc[PATH_MAX + 32];
+	int ret;
+
+	if (s->fs.o.noxattrs) {
+		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : 0);
+		return;
+	}
+	if (sfs_xattr_hidden(s, name)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	ret = sfs_upper_begin(s, sfs_node(req, ino), path);
+	if (!ret) {
+		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
+		if (!ret && lremovexattr(proc, name) < 0)
+			ret = -errno;
+		sfs_upper_done(s);
+	}
+	fuse_reply_err(req, -ret);
+}
+
+static void sfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+			  struct fuse_file_info *fi)
+{
+	int fd = sfs_fh(fi)->fd;
+
+	(void)ino;
+	if (fd < 0 || sfs_fh(fi)->lf)
+		fuse_reply_err(req, EBADF);
+	else
+		fuse_reply_err(req, fallocate(fd, mode, off, len) < 0 ? errno : 0);
+}
+
+static void sfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		      struct fuse_file_info *fi)
+{
+	int fd = sfs_fh(fi)->fd;
+	off_t r;
+
+	(void)ino;
+	if (fd < 0) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	r = lseek(fd, off, whence);
+	if (r < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+static void sfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct sfs *s = userdata;
+	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS |
+			FUSE_CAP_ASYNC_READ | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_ASYNC_DIO |
+			FUSE_CAP_ATOMIC_O_TRUNC;
+
+	if (s->cfg.writeback && s->fs.has_upper)
+		want |= FUSE_CAP_WRITEBACK_CACHE;
+	conn->want |= want & conn->capable;
+	/* Locks stay in the kernel: one host, one mount. */
+	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+	if (!s->cfg.writeback)
+		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 1 << 20;
+}
+
+static const struct fuse_lowlevel_ops sfs_ops = {
+	.init = sfs_init,
+	.lookup = sfs_lookup,
+	.forget = sfs_forget,
+	.forget_multi = sfs_forget_multi,
+	.getattr = sfs_getattr,
+	.setattr = sfs_setattr,
+	.readlink = sfs_readlink,
+	.mknod = sfs_mknod,
+	.mkdir = sfs_mkdir,
+	.symlink = sfs_symlink,
+	.unlink = sfs_unlink,
+	.rmdir = sfs_rmdir,
+	.rename = sfs_rename,
+	.link = sfs_link,
+	.open = sfs_open,
+	.create = sfs_create,
+	.read = sfs_read,
+	.write_buf = sfs_write_buf,
+	.flush = sfs_flush,
+	.release = sfs_release,
+	.fsync = sfs_fsync,
+	.opendir = sfs_opendir,
+	.readdir = sfs_readdir,
+	.readdirplus = sfs_readdirplus,
+	.releasedir = sfs_releasedir,
+	.fsyncdir = sfs_fsyncdir,
+	.statfs = sfs_statfs,
+	.getxattr = sfs_getxattr,
+	.listxattr = sfs_listxattr,
+	.setxattr = sfs_setxattr,
+	.removexattr = sfs_removexattr,
+	.fallocate = sfs_fallocate,
+	.lseek = sfs_lseek,
+};
+
+/* Full root (the initial user namespace's), or something less? */
+static bool sfs_rootless(void)
+{
+	unsigned long a, b, c;
+	FILE *f;
+	int n;
+
+	if (geteuid() != 0)
+		return true;
+	f = fopen("/proc/self/uid_map", "r");
+	if (!f)
+		return false;
+	n = fscanf(f, "%lu %lu %lu", &a, &b, &c);
+	fclose(f);
+	return !(n == 3 && a == 0 && b == 0 && c == 4294967295UL);
+}
+
+static int sfs_check_mountpoint(const char *mnt)
+{
+	struct stat st;
+
+	if (stat(mnt, &st) < 0) {
+		fprintf(stderr, "stratafs: mountpoint '%s': %s\n", mnt, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "stratafs: mountpoint '%s': not a directory\n", mnt);
+		return -1;
+	}
+	return 0;
+}
+
+static int sfs_fuse_args(struct sfs *s, const char *argv0, struct fuse_args *args)
+{
+	char *opts = NULL;
+	int ret;
+
+	ret = asprintf(&opts, "default_permissions,fsname=stratafs,subtype=stratafs%s%s%s%s",
+		       geteuid() == 0 ? ",allow_other" : "",
+		       s->fs.has_upper ? "" : ",ro",
+		       s->cfg.fuse_opts ? "," : "", s->cfg.fuse_opts ? s->cfg.fuse_opts : "");
+	if (ret < 0)
+		return -1;
+	if (fuse_opt_add_arg(args, argv0) || fuse_opt_add_arg(args, "-o") ||
+	    fuse_opt_add_arg(args, opts) || (s->cfg.debug && fuse_opt_add_arg(args, "-d"))) {
+		free(opts);
+		return -1;
+	}
+	free(opts);
+	return 0;
+}
+
+static int sfs_loop(struct sfs *s, struct fuse_session *se)
+{
+	struct fuse_loop_config *lc;
+	int ret;
+
+	if (!s->cfg.threaded)
+		return fuse_session_loop(se);
+	lc = fuse_loop_cfg_create();
+	if (!lc)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(lc, 1);
+	fuse_loop_cfg_set_max_threads(lc, 64);
+	fuse_loop_cfg_set_idle_threads(lc, 8);
+	ret = fuse_session_loop_mt(se, lc);
+	fuse_loop_cfg_destroy(lc);
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_session *se = NULL;
+	static struct sfs s;
+	char err[PATH_MAX + 256];
+	int ret;
+
+	ret = sfs_parse_args(argc, argv, &s.cfg);
+	if (ret)
+		return ret > 0 ? 0 : 1;
+	if (sfs_check_mountpoint(s.cfg.mountpoint))
+		return 1;
+	s.fs.o = s.cfg.o;
+	s.fs.rootless = sfs_rootless();
+	if (ovl_fs_init(&s.fs, s.cfg.lowers, s.cfg.nlowers, s.cfg.upper, s.cfg.work,
+			err, sizeof(err)) < 0) {
+		fprintf(stderr, "stratafs: %s\n", err);
+		return 1;
+	}
+	if (sfs_fuse_args(&s, argv[0], &args) < 0) {
+		fprintf(stderr, "stratafs: out of memory\n");
+		return 1;
+	}
+	se = fuse_session_new(&args, &sfs_ops, sizeof(sfs_ops), &s);
+	if (!se) {
+		fprintf(stderr, "stratafs: cannot set up the FUSE session (bad mount option?)\n");
+		return 1;
+	}
+	if (fuse_set_signal_handlers(se) < 0 || fuse_session_mount(se, s.cfg.mountpoint) < 0) {
+		fprintf(stderr, "stratafs: cannot mount on '%s'\n", s.cfg.mountpoint);
+		fuse_session_destroy(se);
+		return 1;
+	}
+	/* Only now, with the mount live, does the parent exit 0: runtimes rely on that. */
+	if (fuse_daemonize(s.cfg.foreground) < 0) {
+		fuse_session_unmount(se);
+		fuse_session_destroy(se);
+		return 1;
+	}
+	ret = sfs_loop(&s, se);
+	fuse_session_unmount(se);
+	fuse_remove_signal_handlers(se);
+	fuse_session_destroy(se);
+	ovl_fs_destroy(&s.fs);
+	fuse_opt_free_args(&args);
+	return ret ? 1 : 0;
+}

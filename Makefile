@@ -84,4 +84,23 @@ install: all
 clean:
 	rm -rf build build-san
 
+# SquashFS reader test tools: sqfs-dump (walks an image with the reader, for comparing
+# with the kernel's mount) and the libFuzzer target over the reader (`make fuzz`).
+FUZZ_SECONDS ?= 60
+SQFS_READER_SRC := fs/squashfs/reader.c fs/squashfs/bcache.c fs/squashfs/codec_extra.c
+FUZZ_LIBS := $(shell pkg-config --libs liblz4 libzstd zlib liblzma 2>/dev/null) -lpthread
+
+$(BUILD)/sqfs-dump: $(call obj,tests/fuzz/sqfs_dump.c $(SQFS_READER_SRC))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fuzz-sqfs: tests/fuzz/fuzz_reader.c $(SQFS_READER_SRC) $(wildcard fs/squashfs/*.h)
+	@mkdir -p $(dir $@)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE \
+		-D_FILE_OFFSET_BITS=64 -Ifs -o $@ $(filter %.c,$^) $(FUZZ_LIBS)
+
+fuzz: $(BUILD)/fuzz-sqfs
+	@mkdir -p $(BUILD)/fuzz-corpus
+	$(BUILD)/fuzz-sqfs -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=20 \
+		-artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus tests/fuzz/corpus
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

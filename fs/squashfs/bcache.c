@@ -11,7 +11,7 @@ struct bc_shard {
 	pthread_mutex_t lock;
 	struct bc_entry **buckets;
 	size_t mask;
-	struct bc_entry lru;      /* list head; only prev/next used */
+	struct bc_link lru;       /* list head */
 	size_t bytes, max_bytes;
 	uint64_t hits, misses;
 };
@@ -70,7 +70,8 @@ struct bc_entry *bc_alloc(size_t cap)
 	e->len = 0;
 	e->aux = 0;
 	e->refs = 1;
-	e->hnext = e->prev = e->next = NULL;
+	e->hnext = NULL;
+	e->lru.prev = e->lru.next = NULL;
 	return e;
 }
 
@@ -87,16 +88,16 @@ void bc_put(struct bc_entry *e)
 
 static void lru_unlink(struct bc_entry *e)
 {
-	e->prev->next = e->next;
-	e->next->prev = e->prev;
+	e->lru.prev->next = e->lru.next;
+	e->lru.next->prev = e->lru.prev;
 }
 
 static void lru_push(struct bc_shard *s, struct bc_entry *e)
 {
-	e->next = s->lru.next;
-	e->prev = &s->lru;
-	s->lru.next->prev = e;
-	s->lru.next = e;
+	e->lru.next = s->lru.next;
+	e->lru.prev = &s->lru;
+	s->lru.next->prev = &e->lru;
+	s->lru.next = &e->lru;
 }
 
 static struct bc_entry **bc_slot(struct bc_shard *s, uint64_t h, uint64_t key)
@@ -131,8 +132,9 @@ struct bc_entry *bc_get(struct bcache *c, uint64_t key)
 /* Drop least recently used entries until the shard fits (never the one just added). */
 static void bc_evict(struct bc_shard *s, struct bc_entry *keep)
 {
-	while (s->bytes > s->max_bytes && s->lru.prev != &s->lru && s->lru.prev != keep) {
-		struct bc_entry *v = s->lru.prev, **p;
+	while (s->bytes > s->max_bytes && s->lru.prev != &s->lru &&
+	       s->lru.prev != &keep->lru) {
+		struct bc_entry *v = (struct bc_entry *)s->lru.prev, **p;
 		uint64_t vh = bc_hash(v->key);
 
 		p = bc_slot(s, vh, v->key);
@@ -188,12 +190,12 @@ void bc_destroy(struct bcache *c)
 		struct bc_shard *s = &c->shard[i];
 
 		if (s->buckets) {
-			struct bc_entry *e = s->lru.next;
+			struct bc_link *e = s->lru.next;
 
 			while (e != &s->lru) {
-				struct bc_entry *n = e->next;
+				struct bc_link *n = e->next;
 
-				bc_put(e);
+				bc_put((struct bc_entry *)e);
 				e = n;
 			}
 		}

@@ -12,14 +12,18 @@
 #include <stdint.h>
 #include <stddef.h>
 
+struct bc_link {
+	struct bc_link *prev, *next;
+};
+
 struct bc_entry {
+	struct bc_link lru;       /* first: LRU list, most recent at head */
 	uint64_t key;
 	uint64_t aux;             /* caller's: next metadata block location */
 	uint32_t len;             /* valid bytes in data */
 	uint32_t cap;
 	int refs;                 /* atomic; the cache holds one while linked */
 	struct bc_entry *hnext;   /* hash chain */
-	struct bc_entry *prev, *next;  /* LRU, most recent at head */
 	unsigned char data[];
 };
 

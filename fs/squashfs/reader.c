@@ -704,8 +704,10 @@ static int inode_file(struct sqfs_reader *r, struct sqfs_mpos *p, int ext,
 		ino->file.frag_offset = f.fragment_offset;
 	}
 	nb = sqfs_file_block_count(ino->size, bs, ino->file.frag != SQFS_INVALID_FRAG);
-	/* the block list lives in the inode table: it cannot be longer than that table */
-	if (nb * 4 > r->inode_end - r->sb.inode_table_start || ino->size > INT64_MAX ||
+	/* the block list lives in the inode table: it cannot be longer than that table
+	 * holds uncompressed (blocks of at least 3 bytes on disk, 8 KiB each inside) */
+	if (nb * 4 > ((r->inode_end - r->sb.inode_table_start) / 3 + 1) * SQFS_META_SIZE ||
+	    nb > UINT32_MAX || ino->size > INT64_MAX ||
 	    ino->file.blocks_start > r->size)
 		return rd_bad(r, where, "file inode with impossible size or block location");
 	if (ino->file.frag != SQFS_INVALID_FRAG &&
@@ -1081,26 +1083,55 @@ static int data_get(struct sqfs_reader *r, uint64_t off, uint32_t word, struct b
 	return 0;
 }
 
+/* Grow the block arrays to hold n entries. */
+static int file_grow(struct sqfs_file *f, size_t n)
+{
+	uint64_t *s = realloc(f->start, n * sizeof(*s));
+	uint32_t *w;
+
+	if (!s)
+		return -ENOMEM;
+	f->start = s;
+	w = realloc(f->word, n * sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	f->word = w;
+	return 0;
+}
+
+/* Read the block list in chunks, growing as we go: a corrupt inode claiming millions of
+ * blocks fails at the end of the inode table, not with a giant allocation up front. */
 static int file_load_blocks(struct sqfs_file *f)
 {
 	struct sqfs_reader *r = f->r;
 	struct sqfs_mpos p = f->ino.file.blist;
 	uint64_t cur = f->ino.file.blocks_start;
-	uint32_t n = f->ino.file.nblocks;
+	uint32_t n = f->ino.file.nblocks, done = 0, cap = 0;
 	int ret;
 
-	ret = meta_read(r, &p, r->inode_end, f->word, (size_t)n * 4);
-	if (ret)
-		return ret;
-	for (uint32_t i = 0; i < n; i++) {
-		uint32_t w = sqfs_le32(f->word[i]), sz = SQFS_BLOCK_SIZE(w);
+	while (done < n) {
+		uint32_t k = n - done < 2048 ? n - done : 2048;
 
-		f->word[i] = w;
-		f->start[i] = cur;
-		if (sz > r->sb.block_size || cur > r->size || sz > r->size - cur)
-			return rd_bad(r, f->ino.file.blist.block, "file block list points outside "
-				      "the image");
-		cur += sz;
+		if (done + k > cap) {
+			cap = cap ? (cap * 2 < n ? cap * 2 : n) : (n < 2048 ? n : 2048);
+			ret = file_grow(f, cap);
+			if (ret)
+				return ret;
+		}
+		ret = meta_read(r, &p, r->inode_end, f->word + done, (size_t)k * 4);
+		if (ret)
+			return ret;
+		for (uint32_t i = done; i < done + k; i++) {
+			uint32_t w = sqfs_le32(f->word[i]), sz = SQFS_BLOCK_SIZE(w);
+
+			f->word[i] = w;
+			f->start[i] = cur;
+			if (sz > r->sb.block_size || cur > r->size || sz > r->size - cur)
+				return rd_bad(r, f->ino.file.blist.block, "file block list points "
+					      "outside the image");
+			cur += sz;
+		}
+		done += k;
 	}
 	return 0;
 }
@@ -1108,7 +1139,6 @@ static int file_load_blocks(struct sqfs_file *f)
 int sqfs_file_open(struct sqfs_reader *r, const struct sqfs_inode *ino, struct sqfs_file **out)
 {
 	struct sqfs_file *f;
-	size_t n = ino->file.nblocks;
 	int ret;
 
 	*out = NULL;
@@ -1119,12 +1149,6 @@ int sqfs_file_open(struct sqfs_reader *r, const struct sqfs_inode *ino, struct s
 		return -ENOMEM;
 	f->r = r;
 	f->ino = *ino;
-	f->start = malloc(n * sizeof(*f->start) + 1);
-	f->word = malloc(n * sizeof(*f->word) + 1);
-	if (!f->start || !f->word) {
-		ret = -ENOMEM;
-		goto fail;
-	}
 	ret = file_load_blocks(f);
 	if (ret)
 		goto fail;

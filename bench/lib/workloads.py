@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""File-system workloads, run on every system's mount of the same stack.
+
+Modes:
+  warm   mount once, one warm-up run, then the measured runs (caches hot)
+  cold   per run: fresh mount, drop caches (root), one measured run
+  fresh  per run: fresh mount with an empty upper dir (write workloads), caches flushed
+
+Native has no mount: write workloads run in a scratch directory on the same file system,
+holding a copy of whatever the workload changes (so "rm -rf" removes the same tree).
+"""
+import os
+import shutil
+
+from common import NA, drop_caches, fresh_dir, kv, rmtree, sh, timed
+
+
+class Workload:
+    key = title = ""
+    mode = "warm"
+    write = False
+    check = None            # "entries" / "bytes": must equal native's
+
+    def runs(self, ctx):
+        return ctx.runs_cold if self.mode != "warm" else ctx.runs
+
+    def setup(self, ctx, path, native):
+        """Untimed, before each measured run (fresh/cold) or once (warm)."""
+
+    def run(self, ctx, path, native):
+        """One measured run; returns (seconds, extra dict)."""
+        raise NotImplementedError
+
+
+def tool(ctx, name):
+    return os.path.join(ctx.tools, name)
+
+
+def run_tool(ctx, cmd, **kw):
+    """C tool run: its own secs= (no process start-up) plus everything else it printed."""
+    p = sh(cmd, timeout=ctx.timeout, **kw)
+    res = kv(p.stdout)
+    if "secs" not in res:
+        raise NA("%s printed no timing" % os.path.basename(cmd[0]))
+    return res["secs"], res
+
+
+class WalkWarm(Workload):
+    key, title, check = "walk_warm", "tree walk, warm (lstat every entry)", "entries"
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "walk"), "tree", path])
+
+
+class WalkCold(WalkWarm):
+    key, title, mode = "walk_cold", "tree walk, cold (fresh mount + drop caches)", "cold"
+
+
+class StatStorm(Workload):
+    key, title = "stat_storm", "stat storm (random paths, repeated)"
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "walk"), "stat", ctx.stat_list,
+                              str(ctx.p["stat_rounds"])], cwd=path)
+
+
+class ReaddirBig(Workload):
+    key, title, check = "readdir_big", "readdir of a big directory spread over 3 layers", \
+        "entries"
+
+    def title_for(self, ctx):
+        return "readdir of a %d-entry directory spread over 3 layers" % ctx.p["bigdir"]
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "walk"), "readdir", os.path.join(path, "bigdir")])
+
+
+class PyImportWarm(Workload):
+    key, title = "py_import_warm", "import ~130 Python modules from the mount, warm"
+
+    def run(self, ctx, path, native):
+        env = dict(os.environ, PYTHONHOME=os.path.join(path, "usr"))
+        env.pop("PYTHONPATH", None)
+        code = "import " + ", ".join(ctx.modules)
+        secs, _ = timed(["/usr/bin/python3", "-S", "-B", "-s", "-c", code], env=env,
+                        timeout=ctx.timeout)
+        return secs, {"modules": len(ctx.modules)}
+
+
+class PyImportCold(PyImportWarm):
+    key, title, mode = "py_import_cold", "container start: import ~130 modules, cold", "cold"
+
+
+class ReadAll(Workload):
+    key, title, mode, check = "read_all", "read every file (stdlib + small files), cold", \
+        "cold", "bytes"
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "walk"), "read", os.path.join(path, "usr"),
+                              os.path.join(path, "small")])
+
+
+class SeqReadWarm(Workload):
+    key, title, check = "seq_read_warm", "sequential read of the big file, warm", "bytes"
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "walk"), "read", os.path.join(path, "data")])
+
+
+class SeqReadCold(SeqReadWarm):
+    key, title, mode = "seq_read_cold", "sequential read of the big file, cold", "cold"
+
+
+class RandRead(Workload):
+    key, title, mode = "rand_read", "random 4 KiB reads in the big file, cold", "cold"
+
+    def run(self, ctx, path, native):
+        return run_tool(ctx, [tool(ctx, "randread"), os.path.join(path, "data", "big.bin"),
+                              str(ctx.p["randreads"])])
+
+
+class WriteWorkload(Workload):
+    mode, write = "fresh", True
+
+    def target(self, ctx, path, native):
+        """Where the workload writes: the mount, or native's scratch dir."""
+        if not native:
+            return path
+        return fresh_dir(os.path.join(ctx.root, "native-scratch"))
+
+    def setup(self, ctx, path, native):
+        # Last run's dirty data must not be written back inside this run's timing.
+        os.sync()
+
+
+class SeqWrite(WriteWorkload):
+    key, title = "seq_write", "sequential write of a new file (fsync)"
+
+    def run(self, ctx, path, native):
+        out = os.path.join(self.target(ctx, path, native), "out.bin")
+        secs, _ = timed(["dd", "if=/dev/zero", "of=" + out, "bs=1M",
+                         "count=%d" % ctx.p["write_mib"], "conv=fsync", "status=none"],
+                        timeout=ctx.timeout)
+        return secs, {"bytes": ctx.p["write_mib"] << 20}
+
+
+class CopyUp(WriteWorkload):
+    key, title = "copyup", "copy-up: append 1 byte to the big lower file (fsync)"
+
+    def run(self, ctx, path, native):
+        big = os.path.join(path, "data", "big.bin")
+        if native:
+            # Native has no copy-up; the equivalent work is a copy of the file.
+            dst = os.path.join(self.target(ctx, path, native), "big.bin")
+            secs, _ = timed(["cp", big, dst], timeout=ctx.timeout)
+            t2, _ = timed(["sync", "-f", dst])
+            return secs + t2, {}
+        secs, _ = timed(["dd", "of=" + big, "oflag=append", "conv=notrunc,fsync",
+                         "status=none"], input="x", timeout=ctx.timeout)
+        return secs, {}
+
+
+class Untar(WriteWorkload):
+    key, title = "untar", "untar small files into the mount"
+
+    def run(self, ctx, path, native):
+        dst = os.path.join(self.target(ctx, path, native), "untar")
+        os.mkdir(dst)
+        secs, _ = timed(["tar", "-xf", ctx.untar, "-C", dst], timeout=ctx.timeout)
+        return secs, {"files": ctx.p["untar_files"]}
+
+
+class RmRf(WriteWorkload):
+    key, title = "rm_rf", "rm -rf of a lower tree (small/, spread over layers)"
+
+    def run(self, ctx, path, native):
+        victim = os.path.join(path, "small")
+        if native:
+            victim = os.path.join(self.target(ctx, path, native), "small")
+            shutil.copytree(os.path.join(path, "small"), victim, symlinks=True)
+            os.sync()
+        secs, _ = timed(["rm", "-rf", victim], timeout=ctx.timeout)
+        if os.path.exists(victim):
+            raise NA("rm -rf left %s behind" % victim)
+        return secs, {}
+
+
+class Mdtest(WriteWorkload):
+    key, title = "mdtest", "parallel metadata (mdtest: create/stat/open/unlink)"
+
+    def title_for(self, ctx):
+        return "parallel metadata, %d processes (create/stat/open/unlink)" % \
+            ctx.p["mdtest_procs"]
+
+    def run(self, ctx, path, native):
+        d = os.path.join(self.target(ctx, path, native), "md")
+        os.mkdir(d)
+        p = sh([tool(ctx, "mdtest"), "-d", d, "-p", str(ctx.p["mdtest_procs"]),
+                "-n", str(ctx.p["mdtest_files"])], timeout=ctx.timeout)
+        extra, secs = {}, None
+        for line in p.stdout.splitlines():
+            r = kv(line)
+            if r.get("phase") == "total":
+                secs = r["secs"]
+            elif "phase" in r:
+                extra["%s_ops_s" % r["phase"]] = r["ops_per_s"]
+        if secs is None:
+            raise NA("mdtest printed no total")
+        return secs, extra
+
+
+ALL = [WalkWarm(), WalkCold(), StatStorm(), ReaddirBig(), PyImportWarm(), PyImportCold(),
+       ReadAll(), SeqReadWarm(), SeqReadCold(), RandRead(), SeqWrite(), CopyUp(), Untar(),
+       RmRf(), Mdtest()]
+
+
+def measure(ctx, w, system, src):
+    """Samples (seconds) and extras of one workload on one system; raises NA."""
+    if w.write and not system.writable:
+        raise NA("read-only")
+    system.check(ctx)
+    native = system.key == "native"
+    base = os.path.join(ctx.root, "mnt", system.key)
+    samples, extra = [], {}
+    if w.mode == "warm":
+        m = system.mount(ctx, src, fresh_dir(base))
+        try:
+            w.setup(ctx, m.path, native)
+            ctx.progress.update("%s · %s · warm-up" % (w.key, system.key), True)
+            w.run(ctx, m.path, native)
+            for i in range(w.runs(ctx)):
+                ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1,
+                                                            w.runs(ctx)), True)
+                secs, extra = w.run(ctx, m.path, native)
+                samples.append(secs)
+        finally:
+            m.close()
+        return samples, extra
+    for i in range(w.runs(ctx)):
+        ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1, w.runs(ctx)),
+                            True)
+        m = system.mount(ctx, src, fresh_dir(base))
+        try:
+            w.setup(ctx, m.path, native)
+            if w.mode == "cold":
+                drop_caches(ctx)
+            secs, extra = w.run(ctx, m.path, native)
+            samples.append(secs)
+        finally:
+            m.close()
+            rmtree(base)
+    return samples, extra

@@ -1,0 +1,438 @@
+"""mkimage squash / inspect against independent readers: the kernel's squashfs, unsquashfs,
+and, for layer stacks, the kernel overlay's merged view of the same layers."""
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import union
+from _mkimage import (KiB, MiB, assert_same, every_kind_entries, kmount, mkimage,
+                      overlay, run_as_nobody, set_times, squash, unsquashfs, view)
+
+E = union.E
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_binary():
+    from _mkimage import mkimage_bin
+    if not os.access(mkimage_bin(), os.X_OK):
+        pytest.fail(f"{mkimage_bin()} not built (make build/mkimage)")
+
+
+def build(tdir, entries, name="src", index=0):
+    root = Path(tdir) / name
+    union.build_layer(root, entries, kernel_form=False, layer_index=index)
+    return root
+
+
+def unsquashfs_stat_ok(img):
+    for args in (["-s"], ["-stat"]):
+        p = subprocess.run(["unsquashfs"] + args + [str(img)], capture_output=True, text=True)
+        assert p.returncode == 0, f"unsquashfs {args} rejects {img}: {p.stderr}"
+        assert "Found a valid SQUASHFS 4:0 superblock" in p.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# round trip of one directory
+
+def test_every_kind_round_trip_kernel(tdir):
+    src = build(tdir, every_kind_entries())
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    unsquashfs_stat_ok(img)
+    with kmount(img, tdir / "mnt") as m:
+        assert_same(view(src), view(m))
+        # hard links are one inode
+        assert os.lstat(m / "hard1").st_ino == os.lstat(m / "sub/hard3").st_ino
+        assert os.lstat(m / "hard1").st_nlink == 3
+
+
+def test_every_kind_round_trip_unsquashfs(tdir):
+    src = build(tdir, every_kind_entries(seed=2))
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    out = unsquashfs(img, tdir / "x")
+    # unsquashfs skips sockets; everything else must come back identical
+    a = view(src)
+    a.pop("sock")
+    assert_same(a, view(out))
+
+
+def test_sparse_files_are_holes(tdir):
+    src = build(tdir, [E("sparse", "f", sparse=[(0, b"a")], size=64 * MiB)])
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    assert img.stat().st_size < 64 * KiB
+    with kmount(img, tdir / "mnt") as m:
+        with open(m / "sparse", "rb") as f:
+            assert f.read(1) == b"a"
+            f.seek(40 * MiB)
+            assert f.read(4096) == bytes(4096)
+
+
+@pytest.mark.parametrize("comp,level", [("lz4", None), ("lz4hc", None), ("lz4hc", 4),
+                                        ("zstd", None), ("zstd", 3), ("gzip", None),
+                                        ("gzip", 1), ("xz", None), ("none", None)])
+def test_every_compressor_mounts(tdir, comp, level):
+    src = build(tdir, every_kind_entries(seed=3)[:40])
+    img = tdir / "out.sqfs"
+    opts = ["--comp", comp] + (["--level", str(level)] if level else [])
+    squash(img, src, opts=opts)
+    unsquashfs_stat_ok(img)
+    with kmount(img, tdir / "mnt") as m:
+        assert_same(view(src), view(m))
+
+
+@pytest.mark.parametrize("bs", ["4K", "64K", "1M"])
+def test_block_sizes(tdir, bs):
+    src = build(tdir, every_kind_entries(seed=4)[:40])
+    img = tdir / "out.sqfs"
+    squash(img, src, opts=["--block-size", bs, "--comp", "zstd"])
+    p = subprocess.run(["unsquashfs", "-s", str(img)], capture_output=True, text=True)
+    size = {"4K": 4096, "64K": 65536, "1M": 1048576}[bs]
+    assert f"Block size {size}" in p.stdout
+    with kmount(img, tdir / "mnt") as m:
+        assert_same(view(src), view(m))
+
+
+def test_big_directory_lookup_and_readdir(tdir):
+    ents = [E(f"d/f{i:06d}", "f", data=str(i).encode()) for i in range(6000)]
+    src = build(tdir, ents)
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    with kmount(img, tdir / "mnt") as m:
+        assert sorted(os.listdir(m / "d")) == sorted(os.listdir(src / "d"))
+        for i in (0, 1, 255, 256, 257, 2999, 4444, 5999):  # lookups go through the index
+            assert (m / f"d/f{i:06d}").read_bytes() == str(i).encode()
+        assert not (m / "d/f999999").exists()
+
+
+def test_squashfuse_reads_image(tdir):
+    src = build(tdir, every_kind_entries(seed=5)[:30])
+    img = tdir / "out.sqfs"
+    squash(img, src, opts=["--comp", "zstd"])
+    mnt = tdir / "fmnt"
+    mnt.mkdir()
+    union.run(["squashfuse", str(img), str(mnt)])
+    try:
+        a = union.strip(view(src), "nlink", "links")
+        assert_same(a, union.strip(view(mnt), "nlink", "links"))
+    finally:
+        union.force_unmount(mnt)
+
+
+# ---------------------------------------------------------------------------------------
+# layer stacks: the image equals the kernel overlay's merged view
+
+STACK = [
+    # top
+    [E("etc/conf", "f", data=b"top conf"),
+     E("gone", "w"),                                  # whiteout of a file
+     E("gonedir", "w"),                               # whiteout of a whole directory
+     E("opq", "d", opaque=True, mode=0o750),          # opaque: hides lower contents
+     E("opq/new", "f", data=b"only this"),
+     E("merged/top_only", "f", data=b"t"),
+     E("merged/sub/deep_top", "f", data=b"dt"),
+     E("file_to_dir", "d"),                           # a dir hiding a lower file
+     E("file_to_dir/inside", "f", data=b"i"),
+     E("dir_to_file", "f", data=b"now a file"),       # a file hiding a lower dir
+     E("hl/a", "f", data=b"hard"), E("hl/b", "h", target="hl/a"),
+     E("merged/wh_in_merged", "w"),
+     E("xa", "f", data=b"x", xattrs={"user.k": b"v"}),
+     E("dev", "c", rdev=(1, 5))],
+    # middle
+    [E("etc/conf", "f", data=b"middle conf"),
+     E("etc/passwd", "f", data=b"root:x:0:0\n", mode=0o644),
+     E("gone", "f", data=b"should not show"),
+     E("opq/old", "f", data=b"hidden by opaque"),
+     E("merged/mid_only", "f", data=b"m"),
+     E("merged/wh_in_merged", "f", data=b"hidden"),
+     E("merged/sub/deep_mid", "f", data=b"dm"),
+     E("revived", "w"),
+     E("midlink", "l", target="etc/passwd")],
+    # bottom
+    [E("etc/conf", "f", data=b"bottom conf"),
+     E("etc/shadow", "f", data=b"secret", mode=0o600),
+     E("gonedir/x", "f", data=b"x"), E("gonedir/y/z", "f", data=b"z"),
+     E("opq/older", "f", data=b"also hidden"),
+     E("file_to_dir", "f", data=b"was a file"),
+     E("dir_to_file/child", "f", data=b"hidden child"),
+     E("merged/bottom_only", "f", data=b"b"),
+     E("revived", "f", data=b"whited out in the middle"),
+     E("sock", "s"), E("fifo", "p")],
+]
+
+
+def stack(tdir, layers, kernel_form, name):
+    lowers, _, _, _ = union.build_stack(tdir / name, layers, kernel_form=kernel_form)
+    return lowers
+
+
+def test_stack_matches_kernel_overlay(tdir):
+    lowers = stack(tdir, STACK, True, "k")
+    img = tdir / "out.sqfs"
+    squash(img, *lowers)
+    unsquashfs_stat_ok(img)
+    with overlay(lowers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        assert_same(view(o, nlink=False), view(m, nlink=False), ("overlay", "image"))
+    # no whiteouts, no overlay xattrs left in the image itself
+    out = unsquashfs(img, tdir / "x")
+    for dirpath, dirnames, filenames in os.walk(out):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            assert not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0), p
+            assert not n.startswith(".wh."), p
+            assert not any(x.startswith(("trusted.overlay.", "user.overlay."))
+                           for x in os.listxattr(p, follow_symlinks=False)), p
+
+
+@pytest.mark.parametrize("form", ["wh", "user"])
+def test_oci_whiteout_forms_match_kernel(tdir, form):
+    """.wh.NAME whiteouts, .wh..wh..opq and user.overlay.opaque give the same image as
+    the kernel forms the overlay oracle reads."""
+    layers = []
+    for layer in STACK:
+        out = []
+        for path, kind, a in layer:
+            a = dict(a)
+            if kind == "w":
+                a["form"] = "wh"
+            if a.get("opaque"):
+                a["opaque"] = form
+            out.append((path, kind, a))
+        layers.append(out)
+    oci = stack(tdir, layers, False, "oci")
+    kern = stack(tdir, STACK, True, "k")
+    img = tdir / "out.sqfs"
+    squash(img, *oci)
+    with overlay(kern, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        assert_same(view(o, nlink=False), view(m, nlink=False), ("overlay", "image"))
+
+
+def test_image_layers(tdir):
+    """A layer can itself be a SquashFS image: [img(top), dir, img(bottom)] flattens to
+    the same tree as the directories."""
+    lowers = stack(tdir, STACK, True, "k")
+    # the bottom layer has no whiteouts of its own, so its image is an exact stand-in
+    bottom_img = tdir / "bottom.sqfs"
+    squash(bottom_img, lowers[2])
+    img_dirs, img_mixed = tdir / "dirs.sqfs", tdir / "mixed.sqfs"
+    squash(img_dirs, *lowers)
+    squash(img_mixed, lowers[0], lowers[1], bottom_img)
+    with kmount(img_dirs, tdir / "m1") as a, kmount(img_mixed, tdir / "m2") as b:
+        assert_same(view(a), view(b), ("dirs", "with image layer"))
+
+
+# ---------------------------------------------------------------------------------------
+# reproducibility, dedup, options
+
+def test_reproducible_across_runs_and_threads(tdir):
+    src = build(tdir, every_kind_entries(seed=6))
+    imgs = []
+    for i, threads in enumerate(["1", "2", "7", "1"]):
+        img = tdir / f"r{i}.sqfs"
+        squash(img, src, opts=["--threads", threads, "--comp", "zstd", "--level", "3"])
+        imgs.append(img.read_bytes())
+    assert all(b == imgs[0] for b in imgs)
+
+
+def test_mtime_and_source_date_epoch(tdir):
+    src = build(tdir, every_kind_entries(seed=7)[:20])
+    a, b = tdir / "a.sqfs", tdir / "b.sqfs"
+    squash(a, src, opts=["--mtime", "1234567890"])
+    squash(b, src, env={"SOURCE_DATE_EPOCH": "1234567890"})
+    assert a.read_bytes() == b.read_bytes()
+    p = subprocess.run(["unsquashfs", "-s", str(a)], capture_output=True, text=True)
+    assert "Fri Feb 13 23:31:30 2009" in p.stdout
+    with kmount(a, tdir / "mnt") as m:
+        for dirpath, dirnames, filenames in os.walk(m):
+            for n in dirnames + filenames:
+                assert os.lstat(os.path.join(dirpath, n)).st_mtime == 1234567890
+    # a touched source changes the image only through its times
+    set_times(src, 1500000000)
+    c = tdir / "c.sqfs"
+    squash(c, src, opts=["--mtime", "1234567890"])
+    assert c.read_bytes() == a.read_bytes()
+
+
+def test_dedup_n_copies_cost_one(tdir):
+    blob = os.urandom(3 * MiB + 12345)
+    ents = [E(f"copy{i}", "f", data=blob) for i in range(8)]
+    ents += [E(f"sub/small{i}", "f", data=b"tail only, deduplicated\n" * 10) for i in range(5)]
+    src = build(tdir, ents)
+    one = build(tdir, [E("copy0", "f", data=blob)], name="one")
+    img, img1 = tdir / "out.sqfs", tdir / "one.sqfs"
+    squash(img, src)
+    squash(img1, one)
+    assert img.stat().st_size < img1.stat().st_size + 64 * KiB
+    with kmount(img, tdir / "mnt") as m:
+        assert_same(view(src), view(m))
+
+
+def test_forced_hash_collision_does_not_merge(tdir):
+    """With every hash forced equal, files of one size but different bytes stay apart
+    (whole files and tails), while true copies are still shared."""
+    a, b = os.urandom(300 * KiB), os.urandom(300 * KiB)
+    ents = [E("a1", "f", data=a), E("b1", "f", data=b), E("a2", "f", data=a),
+            E("b2", "f", data=b), E("t1", "f", data=b"tail-one"), E("t2", "f", data=b"tail-two"),
+            E("t3", "f", data=b"tail-one")]
+    src = build(tdir, ents)
+    img = tdir / "out.sqfs"
+    squash(img, src, env={"STRATA_MKIMAGE_FORCE_HASH_COLLISION": "1"})
+    with kmount(img, tdir / "mnt") as m:
+        assert_same(view(src), view(m))
+    ref = tdir / "ref.sqfs"
+    squash(ref, src)
+    assert abs(img.stat().st_size - ref.stat().st_size) < 8 * KiB
+
+
+def test_excludes_and_ownership_options(tdir):
+    src = build(tdir, [E("keep/a", "f", data=b"a", uid=5, gid=6),
+                       E("keep/b.pyc", "f", data=b"b"),
+                       E("cache/x", "f", data=b"x"),
+                       E("keep/cache/y", "f", data=b"y"),
+                       E("x", "f", data=b"x", xattrs={"user.q": b"1"})])
+    img = tdir / "out.sqfs"
+    squash(img, src, opts=["--exclude", "*.pyc", "-e", "/cache", "--all-root", "--no-xattrs"])
+    with kmount(img, tdir / "mnt") as m:
+        names = sorted(str(p.relative_to(m)) for p in m.rglob("*"))
+        assert names == ["keep", "keep/a", "keep/cache", "keep/cache/y", "x"]
+        assert (os.lstat(m / "keep/a").st_uid, os.lstat(m / "keep/a").st_gid) == (0, 0)
+        assert os.listxattr(m / "x") == []
+    squash(img, src, opts=["--force-uid", "1234", "--force-gid", "4321"])
+    with kmount(img, tdir / "mnt") as m:
+        st = os.lstat(m / "keep/a")
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
+        assert os.getxattr(m / "x", "user.q") == b"1"
+
+
+def test_summary_quiet_and_no_progress_off_tty(tdir):
+    src = build(tdir, [E("a", "f", data=b"a" * 5000)])
+    p = squash(tdir / "out.sqfs", src)
+    lines = p.stdout.splitlines()
+    assert len(lines) == 1 and "\r" not in p.stdout
+    assert "1 files" in lines[0] and "image" in lines[0]
+    p = squash(tdir / "out.sqfs", src, opts=["--quiet"])
+    assert p.stdout == "" and p.stderr == ""
+
+
+# ---------------------------------------------------------------------------------------
+# inspect
+
+def test_inspect_text_and_json(tdir):
+    blob = os.urandom(200 * KiB)
+    src = build(tdir, [E("a", "f", data=blob), E("b", "f", data=blob),
+                       E("c", "f", data=b"small", uid=7), E("d", "d")])
+    img = tdir / "out.sqfs"
+    squash(img, src, opts=["--comp", "zstd", "--block-size", "64K"])
+    p = mkimage("inspect", img)
+    assert "zstd" in p.stdout and "65536" in p.stdout
+    j = json.loads(mkimage("inspect", "--json", img).stdout)
+    assert j["compressor"] == "zstd"
+    assert j["block_size"] == 65536
+    assert j["inodes"] == 5
+    assert j["ids"] == 2
+    assert j["fragments"] >= 1
+    assert j["files"] == 3
+    assert j["dedup_saved_bytes"] >= 128 * KiB
+    assert j["bytes_used"] <= img.stat().st_size
+    bad = tdir / "bad.sqfs"
+    bad.write_bytes(b"not an image" * 100)
+    p = mkimage("inspect", bad, check=False)
+    assert p.returncode == 1 and "bad.sqfs" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# errors: a clear message, exit status 1 (2 for usage), and no OUT left behind
+
+def leftovers(d):
+    return sorted(n for n in os.listdir(d) if n.startswith(".out.sqfs.tmp") or n == "out.sqfs")
+
+
+def test_error_missing_layer(tdir):
+    src = build(tdir, [E("a", "f", data=b"a")])
+    p = squash(tdir / "out.sqfs", src, tdir / "nope", check=False)
+    assert p.returncode == 1
+    assert "nope" in p.stderr and "No such file or directory" in p.stderr
+    assert leftovers(tdir) == []
+
+
+def test_error_unreadable_file(tdir):
+    src = build(tdir, [E("ok", "f", data=b"fine"), E("secret", "f", data=b"s" * 1000,
+                                                       mode=0o000)])
+    outdir = tdir / "o"
+    outdir.mkdir(mode=0o777)
+    os.chmod(outdir, 0o777)
+    p = run_as_nobody(["squash", "-o", outdir / "out.sqfs", src], check=False)
+    assert p.returncode == 1, p.stderr
+    assert "secret" in p.stderr and "Permission denied" in p.stderr
+    assert leftovers(outdir) == []
+
+
+def test_error_path_too_long(tdir):
+    src = tdir / "src"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 * 250 bytes > PATH_MAX
+            os.mkdir("d" * 249, dir_fd=fd)
+            nfd = os.open("d" * 249, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    p = squash(tdir / "out.sqfs", src, check=False)
+    assert p.returncode == 1
+    assert "too long" in p.stderr
+    assert leftovers(tdir) == []
+
+
+def test_error_disk_full(tdir):
+    small = tdir / "small"
+    small.mkdir()
+    union.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)])
+    try:
+        src = build(tdir, [E("big", "f", data=os.urandom(3 * MiB))])
+        p = squash(small / "out.sqfs", src, check=False)
+        assert p.returncode == 1
+        assert "No space left on device" in p.stderr and "out.sqfs" in p.stderr
+        assert os.listdir(small) == []
+    finally:
+        union.force_unmount(small)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--comp", "brotli"], "compressor"),
+    (["--block-size", "3K"], "block size"),
+    (["--block-size", "2M"], "block size"),
+    (["--level", "99", "--comp", "zstd"], "level"),
+    (["--comp", "lz4", "--level", "3"], "level"),
+    (["--threads", "0"], "thread"),
+])
+def test_error_bad_options(tdir, args, msg):
+    src = build(tdir, [E("a", "f", data=b"a")])
+    p = squash(tdir / "out.sqfs", src, opts=args, check=False)
+    assert p.returncode in (1, 2), p
+    assert msg in p.stderr
+    assert leftovers(tdir) == []
+
+
+def test_error_usage(tdir):
+    p = mkimage("squash", tdir, check=False)
+    assert p.returncode == 2 and "-o" in p.stderr
+    p = mkimage("frobnicate", check=False)
+    assert p.returncode == 2
+
+
+def test_failed_run_keeps_previous_out(tdir):
+    src = build(tdir, [E("a", "f", data=b"a")])
+    out = tdir / "out.sqfs"
+    squash(out, src)
+    before = out.read_bytes()
+    p = squash(out, src, tdir / "missing", check=False)
+    assert p.returncode == 1
+    assert out.read_bytes() == before

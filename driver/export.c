@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -441,6 +442,7 @@ int strata_export(struct strata *s, const char *key, int fd, enum strata_compres
 	struct exp x = { .s = s, .fd = fd, .comp = c };
 	char path[PATH_MAX + 64];
 	struct sd_snap sn;
+	locale_t utf8, old = LC_GLOBAL_LOCALE;
 	struct stat st;
 	int rfd = -1, ret;
 
@@ -456,6 +458,11 @@ int strata_export(struct strata *s, const char *key, int fd, enum strata_compres
 		return sd_err(s, errno, "%s: %s", path, strerror(errno));
 	sha256_init(&x.tar);
 	sha256_init(&x.out);
+	/* pax names are UTF-8: let libarchive see ours as UTF-8 whatever the process locale
+	 * (per thread, so the caller's locale is untouched) */
+	utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+	if (utf8)
+		old = uselocale(utf8);
 	ret = exp_setup(&x);
 	if (ret)
 		goto out;
@@ -484,5 +491,9 @@ int strata_export(struct strata *s, const char *key, int fd, enum strata_compres
 out:
 	close(rfd);
 	exp_free(&x);
+	if (utf8) {
+		uselocale(old);
+		freelocale(utf8);
+	}
 	return ret;
 }

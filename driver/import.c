@@ -14,6 +14,7 @@
 #include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -633,6 +634,7 @@ int strata_import(struct strata *s, const char *name, const char *tar_path,
 	static const struct strata_import_opts none;
 	struct imp im = { .s = s, .root_fd = -1, .file_fd = -1, .tar_path = tar_path };
 	struct strata_digests dg = { 0 };
+	locale_t utf8, old = LC_GLOBAL_LOCALE;
 	char dir[PATH_MAX + 64];
 	int64_t id = 0;
 	int ret;
@@ -666,7 +668,15 @@ int strata_import(struct strata *s, const char *name, const char *tar_path,
 		ret = sd_err(s, errno, "%s: %s", dir, strerror(errno));
 		goto out;
 	}
+	/* pax names are UTF-8; as in export, read them in a UTF-8 locale for this thread */
+	utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+	if (utf8)
+		old = uselocale(utf8);
 	ret = extract(&im, &dg);
+	if (utf8) {
+		uselocale(old);
+		freelocale(utf8);
+	}
 	if (!ret)
 		ret = check_digests(s, tar_path, o, &dg);
 	if (!ret)

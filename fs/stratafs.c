@@ -34,8 +34,6 @@ struct sfs_fh {
 	int fd;                         /* host fd, or -1 for image files */
 	struct layer_file *lf;
 	struct layer *l;
-	struct ovl_dir dir;             /* directories: the merged listing */
-	bool is_dir;
 };
 
 static struct sfs *sfs_of(fuse_req_t req)
@@ -371,7 +369,6 @@ static void sfs_fh_free(struct sfs_fh *fh)
 		fh->l->ops->close(fh->lf);
 	else if (fh->fd >= 0)
 		close(fh->fd);
-	ovl_dir_free(&fh->dir);
 	free(fh);
 }
 
@@ -494,44 +491,65 @@ static void sfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_
 
 static void sfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct sfs_fh *fh = calloc(1, sizeof(*fh));
+	(void)ino;
+	(void)fi;
+	/* No per-open state: the kernel then skips opendir/releasedir round trips and keeps
+	 * directory pages cached (FUSE_NO_OPENDIR_SUPPORT); the listing lives in the node. */
+	fuse_reply_err(req, ENOSYS);
+}
+
+/* The listing for a readdir at `off`: rebuilt when a read starts from the top, kept in the
+ * node until the reader reaches the end.  Caller holds dir->lock. */
+static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off)
+{
 	int ret;
 
-	if (!fh) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	fh->fd = -1;
-	fh->is_dir = true;
-	ret = ovl_dir_read(&sfs_of(req)->fs, sfs_node(req, ino), &fh->dir);
+	if (dir->listing && off > 0)
+		return 0;
+	if (!dir->listing && !(dir->listing = calloc(1, sizeof(*dir->listing))))
+		return -ENOMEM;
+	ovl_dir_free(dir->listing);
+	ret = ovl_dir_read(&s->fs, dir, dir->listing);
 	if (ret) {
-		free(fh);
-		fuse_reply_err(req, -ret);
-		return;
+		free(dir->listing);
+		dir->listing = NULL;
 	}
-	fi->fh = (uintptr_t)fh;
-	fi->keep_cache = 1;
-	fi->cache_readdir = 1;
-	if (fuse_reply_open(req, fi) == -ENOENT)
-		sfs_fh_free(fh);
+	return ret;
+}
+
+static void sfs_listing_done(struct ovl_node *dir)
+{
+	ovl_dir_free(dir->listing);
+	free(dir->listing);
+	dir->listing = NULL;
 }
 
 static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			   struct fuse_file_info *fi, bool plus)
 {
 	struct sfs *s = sfs_of(req);
-	struct sfs_fh *fh = sfs_fh(fi);
 	struct ovl_node *dir = sfs_node(req, ino);
+	struct ovl_dir *l;
 	char *buf = malloc(size), *p = buf;
 	size_t rem = size, i;
 	int err = 0;
 
+	(void)fi;
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
+	pthread_mutex_lock(&dir->lock);
+	err = sfs_listing(s, dir, off);
+	if (err) {
+		pthread_mutex_unlock(&dir->lock);
+		free(buf);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	l = dir->listing;
 	/* Offsets: 1 ".", 2 "..", then 3 + index into the merged listing. */
-	for (i = (size_t)off; i < fh->dir.n + 2; i++) {
+	for (i = (size_t)off; i < l->n + 2; i++) {
 		struct stat st = { 0 };
 		struct fuse_entry_param e = { 0 };
 		struct ovl_node *n = NULL;
@@ -543,18 +561,18 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 			st.st_ino = i ? (dir->parent ? dir->parent->ino : dir->ino) : dir->ino;
 			st.st_mode = S_IFDIR;
 		} else {
-			name = fh->dir.ents[i - 2].name;
-			st.st_ino = fh->dir.ents[i - 2].ino;
-			st.st_mode = DTTOIF(fh->dir.ents[i - 2].type);
+			name = l->ents[i - 2].name;
+			st.st_ino = l->ents[i - 2].ino;
+			st.st_mode = DTTOIF(l->ents[i - 2].type);
 		}
 		if (!plus) {
 			len = fuse_add_direntry(req, p, rem, name, &st, i + 1);
 		} else {
 			if (i >= 2) {
-				err = ovl_lookup(&s->fs, dir, name, &n, &st);
+				err = ovl_lookup_listed(&s->fs, dir, l, &l->ents[i - 2], &n, &st);
 				if (err == -ENOENT) {
 					err = 0;
-					continue;       /* gone since opendir */
+					continue;       /* gone since the listing was made */
 				}
 				if (err)
 					break;
@@ -572,6 +590,9 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		p += len;
 		rem -= len;
 	}
+	if (i >= l->n + 2 && !err)
+		sfs_listing_done(dir);
+	pthread_mutex_unlock(&dir->lock);
 	if (err && p == buf)
 		fuse_reply_err(req, -err);
 	else
@@ -589,13 +610,6 @@ static void sfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
 			    struct fuse_file_info *fi)
 {
 	sfs_do_readdir(req, ino, size, off, fi, true);
-}
-
-static void sfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino;
-	sfs_fh_free(sfs_fh(fi));
-	fuse_reply_err(req, 0);
 }
 
 static void sfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
@@ -793,7 +807,7 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
 			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS |
 			FUSE_CAP_ASYNC_READ | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_ASYNC_DIO |
-			FUSE_CAP_ATOMIC_O_TRUNC;
+			FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_NO_OPENDIR_SUPPORT;
 
 	if (s->cfg.writeback && s->fs.has_upper)
 		want |= FUSE_CAP_WRITEBACK_CACHE;
@@ -830,7 +844,6 @@ static const struct fuse_lowlevel_ops sfs_ops = {
 	.opendir = sfs_opendir,
 	.readdir = sfs_readdir,
 	.readdirplus = sfs_readdirplus,
-	.releasedir = sfs_releasedir,
 	.fsyncdir = sfs_fsyncdir,
 	.statfs = sfs_statfs,
 	.getxattr = sfs_getxattr,

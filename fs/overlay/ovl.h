@@ -30,6 +30,18 @@ struct ovl_lent {               /* where a node exists: layer index and backend 
 	uint64_t ref;
 };
 
+struct ovl_dirent {
+	char *name;
+	unsigned char type;
+	int layer;                      /* the layer the entry shows from */
+	uint64_t ino;
+};
+struct ovl_dir {
+	struct ovl_dirent *ents;
+	size_t n, cap;
+	uint64_t gen;                   /* fs->gen when it was read */
+};
+
 struct ovl_node {
 	struct ovl_node *parent;
 	char *name;
@@ -41,6 +53,8 @@ struct ovl_node {
 	int nlent;                      /* layers holding it, top first; >1 only for dirs */
 	struct ovl_lent *lent;
 	bool hashed;                    /* still reachable by (parent, name) */
+	pthread_mutex_t lock;           /* dirs: guards listing */
+	struct ovl_dir *listing;        /* dirs: merged listing between readdir calls */
 };
 
 struct ovl_idmap {
@@ -79,6 +93,7 @@ struct ovl_fs {
 	struct ovl_inomap *inomap;
 	struct ovl_devmap *devmap;
 	uint64_t tmp_seq;
+	uint64_t gen;                   /* bumped by every namespace change */
 };
 
 /* What a lookup of one name found across the stack. */
@@ -116,20 +131,13 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 		bool skip_upper, struct ovl_res *res);
 int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	       struct ovl_node **out, struct stat *st);
+int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_dir *d,
+		      const struct ovl_dirent *de, struct ovl_node **out, struct stat *st);
 int ovl_getattr(struct ovl_fs *fs, struct ovl_node *n, struct stat *st);
 int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st);
 bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name);
 
 /* ovl_readdir.c */
-struct ovl_dirent {
-	char *name;
-	unsigned char type;
-	uint64_t ino;
-};
-struct ovl_dir {
-	struct ovl_dirent *ents;
-	size_t n, cap;
-};
 int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out);
 void ovl_dir_free(struct ovl_dir *d);
 

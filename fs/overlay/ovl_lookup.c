@@ -3,6 +3,7 @@
  * Lookup across the stack: the topmost entry wins, a whiteout hides what is below it, an
  * opaque directory stops the walk, and a non-directory hides directories below it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,14 +99,12 @@ bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, c
 	return true;
 }
 
-int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st)
+/* What the merged view shows of the top entry's stat. */
+static void ovl_stat_fixup(struct ovl_fs *fs, struct ovl_node *n, const char *path,
+			   struct stat *st)
 {
 	struct layer *l = fs->layers[n->lent[0].layer];
-	struct lnode ln = { path, n->lent[0].ref };
-	int ret = l->ops->getattr(l, &ln, st);
 
-	if (ret)
-		return ret;
 	st->st_ino = n->ino;
 	if (S_ISDIR(st->st_mode) && (n->nlent > 1 || fs->o.static_nlink))
 		st->st_nlink = 1;       /* a merged dir's links cannot be counted cheaply */
@@ -116,6 +115,17 @@ int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct
 		ovl_override_read(fs, proc, st);
 	}
 	ovl_map_stat(fs, st);
+}
+
+int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st)
+{
+	struct layer *l = fs->layers[n->lent[0].layer];
+	struct lnode ln = { path, n->lent[0].ref };
+	int ret = l->ops->getattr(l, &ln, st);
+
+	if (ret)
+		return ret;
+	ovl_stat_fixup(fs, n, path, st);
 	return 0;
 }
 
@@ -168,15 +178,75 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	n = ovl_node_find(fs, dir, name);
 	if (n) {
 		free(res.lent);
+		ret = ovl_stat_top(fs, n, cpath, st);
 	} else {
+		*st = res.st;
 		n = ovl_node_new(fs, dir, name, &res);
 		if (!n) {
 			ret = -ENOMEM;
 			goto out;
 		}
+		ovl_stat_fixup(fs, n, cpath, st);
 	}
-	ret = ovl_stat_top(fs, n, cpath, st);
 	if (ret == 0) {
+		n->nlookup++;
+		*out = n;
+	}
+out:
+	pthread_rwlock_unlock(&fs->tree_lock);
+	return ret;
+}
+
+/*
+ * readdirplus: the listing already says which layer a non-directory shows from and that no
+ * whiteout hides it, so one stat in that layer replaces the walk down the stack -- as long
+ * as nothing in the namespace changed since the listing was read.
+ */
+int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_dir *d,
+		      const struct ovl_dirent *de, struct ovl_node **out, struct stat *st)
+{
+	char path[PATH_MAX], cpath[PATH_MAX];
+	struct ovl_res res = { 0 };
+	struct layer *l = fs->layers[de->layer];
+	struct ovl_node *n;
+	struct lnode ln;
+	int ret;
+
+	if (de->type == DT_DIR || de->type == DT_UNKNOWN || ovl_node_find(fs, dir, de->name) ||
+	    d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
+		return ovl_lookup(fs, dir, de->name, out, st);
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	ret = ovl_node_path(dir, path, sizeof(path));
+	if (ret)
+		goto out;
+	for (ret = 0; ret < dir->nlent && dir->lent[ret].layer != de->layer; ret++)
+		;
+	if (ret == dir->nlent || d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ||
+	    ovl_node_find(fs, dir, de->name)) {
+		pthread_rwlock_unlock(&fs->tree_lock);
+		return ovl_lookup(fs, dir, de->name, out, st);
+	}
+	ret = l->ops->lookup(l, &(struct lnode){ path, dir->lent[ret].ref }, de->name, &ln,
+			     &res.st);
+	if (ret)
+		goto out;
+	res.lent = calloc(1, sizeof(*res.lent));
+	if (!res.lent) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	res.nlent = 1;
+	res.lent[0].layer = de->layer;
+	res.lent[0].ref = ln.ref;
+	*st = res.st;
+	n = ovl_node_new(fs, dir, de->name, &res);
+	if (!n) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = ovl_join(path, de->name, cpath, sizeof(cpath));
+	if (!ret) {
+		ovl_stat_fixup(fs, n, cpath, st);
 		n->nlookup++;
 		*out = n;
 	}

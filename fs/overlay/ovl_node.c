@@ -77,6 +77,7 @@ struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const 
 		return NULL;
 	}
 	n->parent = parent;
+	pthread_mutex_init(&n->lock, NULL);
 	n->type = res->st.st_mode & S_IFMT;
 	n->nlent = res->nlent;
 	n->lent = res->lent;
@@ -123,6 +124,11 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 		ovl_node_unhash(fs, n);
 		free(n->name);
 		free(n->lent);
+		if (n->listing) {
+			ovl_dir_free(n->listing);
+			free(n->listing);
+		}
+		pthread_mutex_destroy(&n->lock);
 		free(n);
 		if (__atomic_sub_fetch(&p->nref, 1, __ATOMIC_SEQ_CST))
 			return;

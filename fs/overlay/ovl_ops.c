@@ -164,6 +164,7 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	if (wh_is_reserved_name(name))
 		return -EINVAL;
 	pthread_mutex_lock(&fs->copy_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (ret)
 		goto out;
@@ -225,6 +226,7 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 	if (wh_is_reserved_name(name))
 		return -EINVAL;
 	pthread_mutex_lock(&fs->copy_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (ret)
 		goto out;
@@ -347,6 +349,7 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 	int ret, pfd;
 
 	pthread_mutex_lock(&fs->copy_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (!ret)
 		ret = ovl_child_get(fs, dir, dpath, name, &c);
@@ -486,6 +489,7 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	if (!fs->has_upper)
 		return -EROFS;
 	pthread_mutex_lock(&fs->copy_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (!ret)
 		ret = ovl_paths(fs, ndir, nname, ndpath, npath);

@@ -108,7 +108,8 @@ static char *ovl_own(struct ovl_fill_ctx *c, const char *name)
 	return s;
 }
 
-static int ovl_dir_push(struct ovl_dir *d, const char *name, unsigned char type, uint64_t ino)
+static int ovl_dir_push(struct ovl_dir *d, const char *name, unsigned char type, int layer,
+			uint64_t ino)
 {
 	if (d->n == d->cap) {
 		size_t ncap = d->cap ? d->cap * 2 : 64;
@@ -124,6 +125,7 @@ static int ovl_dir_push(struct ovl_dir *d, const char *name, unsigned char type,
 		return -ENOMEM;
 	d->ents[d->n].type = type;
 	d->ents[d->n].ino = ino;
+	d->ents[d->n].layer = layer;
 	d->n++;
 	return 0;
 }
@@ -163,7 +165,7 @@ static int ovl_fill(void *vctx, const char *name, unsigned char d_type, uint64_t
 	own = ovl_own(c, name);
 	if (!own || ovl_set_add(&c->seen, own) < 0)
 		return -ENOMEM;
-	return ovl_dir_push(c->out, name, d_type,
+	return ovl_dir_push(c->out, name, d_type, c->layer_idx,
 			    ovl_ino_for(c->fs, c->layer_idx, c->layer->dev, ino));
 }
 
@@ -190,6 +192,7 @@ int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out)
 	int i, ret;
 
 	memset(out, 0, sizeof(*out));
+	out->gen = __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST);
 	pthread_rwlock_rdlock(&fs->tree_lock);
 	ret = ovl_node_path(dir, dpath, sizeof(dpath));
 	for (i = 0; !ret && i < dir->nlent; i++) {

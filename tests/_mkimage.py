@@ -60,10 +60,16 @@ def unsquashfs(image, dest):
 
 def view(root, links=True, nlink=True):
     """Snapshot of a tree for comparison.  The root's own times and the dirs' st_size
-    differ by filesystem, so they are left out; nlink optional (overlay reports a lower
+    differ by filesystem, so they are left out, and times are compared in seconds; nlink optional (overlay reports a lower
     inode's count even when some of its names are hidden)."""
     s = union.snapshot(root, links=links)
     s["."].pop("mtime", None)
+    for e in s.values():
+        if isinstance(e.get("mtime"), int):
+            e["mtime"] //= 10**9    # SquashFS keeps whole seconds
+        if e.get("xattrs") == {"<listxattr>": "ENOTSUP"}:
+            del e["xattrs"]         # an image without an xattr table, like mksquashfs's
+
     if not nlink:
         s = union.strip(s, "nlink")
     return s

@@ -55,10 +55,7 @@ def test_every_kind_round_trip_unsquashfs(tdir):
     img = tdir / "out.sqfs"
     squash(img, src)
     out = unsquashfs(img, tdir / "x")
-    # unsquashfs skips sockets; everything else must come back identical
-    a = view(src)
-    a.pop("sock")
-    assert_same(a, view(out))
+    assert_same(view(src), view(out))
 
 
 def test_sparse_files_are_holes(tdir):
@@ -118,8 +115,11 @@ def test_squashfuse_reads_image(tdir):
     mnt.mkdir()
     union.run(["squashfuse", str(img), str(mnt)])
     try:
-        a = union.strip(view(src), "nlink", "links")
-        assert_same(a, union.strip(view(mnt), "nlink", "links"))
+        # squashfuse 0.1.105 swaps the trusted./security. prefixes and fails on empty
+        # values (with mksquashfs images too), so its xattrs are checked on user.* only
+        a = union.strip(view(src), "nlink", "links", "xattrs")
+        assert_same(a, union.strip(view(mnt), "nlink", "links", "xattrs"))
+        assert os.getxattr(mnt / "xattrs", "user.b") == b"\0\1\2"
     finally:
         union.force_unmount(mnt)
 

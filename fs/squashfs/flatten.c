@@ -168,13 +168,18 @@ static char *join(const char *dir, const char *name)
 
 static bool excluded(const struct sqfs_writer_opts *o, const char *path, const char *name)
 {
+	/* "a/b" or "/a" match the whole path from the root; "*.pyc" matches any basename */
 	for (int i = 0; i < o->nexcludes; i++) {
 		const char *pat = o->excludes[i];
 
-		while (*pat == '/')
-			pat++;
-		if (strchr(pat, '/') ? !fnmatch(pat, path, FNM_PATHNAME) : !fnmatch(pat, name, 0))
+		if (strchr(pat, '/')) {
+			while (*pat == '/')
+				pat++;
+			if (!fnmatch(pat, path, FNM_PATHNAME))
+				return true;
+		} else if (!fnmatch(pat, name, 0)) {
 			return true;
+		}
 	}
 	return false;
 }

@@ -77,21 +77,30 @@ def dump_image(image):
     if r.returncode != 0:
         raise AssertionError("sqfs-dump %s failed (%d): %s" % (image, r.returncode,
                                                               r.stderr[-2000:]))
-    return sorted(r.stdout.splitlines())
+    out = []
+    for line in r.stdout.splitlines():
+        f = line.split("\t")
+        if len(f) == 10 and f[9] != "-":
+            f[9] = ",".join(sorted(f[9].split(",")))     # stored order -> name order
+        out.append("\t".join(f))
+    return sorted(out)
 
 
 @contextlib.contextmanager
-def kernel_mount(image):
-    """The kernel's squashfs mount of image (read-only, loop)."""
-    mnt = tempfile.mkdtemp(prefix="sqfs-kmnt-")
-    subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", image, mnt], check=True)
+def kernel_mount(image, mnt=None):
+    """The kernel's squashfs mount of image (read-only, loop), at mnt or a temp dir."""
+    made = mnt is None
+    mnt = tempfile.mkdtemp(prefix="sqfs-kmnt-") if made else str(mnt)
+    os.makedirs(mnt, exist_ok=True)
+    subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), mnt], check=True)
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", mnt], check=False)
+        subprocess.run(["umount", mnt], check=False, stderr=subprocess.DEVNULL)
         if os.path.ismount(mnt):
             subprocess.run(["umount", "-l", mnt], check=False)
-        os.rmdir(mnt)
+        if made:
+            os.rmdir(mnt)
 
 
 def mksquashfs(src, out, *opts):

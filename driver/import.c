@@ -280,12 +280,13 @@ static int make_hardlink(struct imp *im, const char *target, int dfd, const char
 	int tfd, n, ret = 0;
 
 	n = clean_path(im, target, tpath, sizeof(tpath));
-	if (n < 0)
-		return n;
-	if (n == 0)
-		return sd_err(im->s, EPERM, "%s: entry '%s' is a hard link to the layer root",
-			      im->tar_path, im->entry);
+	if (n <= 0)
+		return sd_err(im->s, EPERM, "%s: entry '%s' is a hard link to '%s', outside the "
+			      "layer", im->tar_path, im->entry, target);
 	tfd = open_parent(im, tpath, &tbase, false);
+	if (tfd == -ENOENT)
+		return sd_err(im->s, EPERM, "%s: entry '%s' is a hard link to '%s', which is not "
+			      "in this layer", im->tar_path, im->entry, target);
 	if (tfd < 0)
 		return tfd;
 	if (linkat(tfd, tbase, dfd, base, 0)) {

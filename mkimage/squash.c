@@ -169,19 +169,16 @@ static int bad(const char *what, const char *arg)
 	return MKIMAGE_EXIT_USAGE;
 }
 
-int cmd_squash(int argc, char **argv)
+static int squash_main(int argc, char **argv, const char **ex)
 {
 	struct sqfs_writer_opts o;
 	struct sqfs_squash_stats st;
-	const char **ex = calloc(argc, sizeof(*ex));
 	const char *out = NULL, *sde;
 	char err[1024];
 	bool quiet = false, mtime_set = false;
 	int show = -1, opt, ret;
 	uint64_t v;
 
-	if (!ex)
-		return MKIMAGE_EXIT_ERROR;
 	sqfs_writer_opts_init(&o);
 	o.excludes = ex;
 	while ((opt = getopt_long(argc, argv, "o:j:e:qh", longopts, NULL)) != -1) {
@@ -248,7 +245,6 @@ int cmd_squash(int argc, char **argv)
 
 	ret = sqfs_squash_layers((const char *const *)argv + optind, argc - optind, out, &o,
 				 &st, err, sizeof(err));
-	free(ex);
 	if (ret) {
 		if (show)
 			progress(NULL, &st, 1);
@@ -258,4 +254,18 @@ int cmd_squash(int argc, char **argv)
 	if (!quiet)
 		summary(out, &st);
 	return 0;
+}
+
+int cmd_squash(int argc, char **argv)
+{
+	const char **ex = calloc(argc, sizeof(*ex));
+	int ret;
+
+	if (!ex) {
+		fprintf(stderr, "mkimage squash: out of memory\n");
+		return MKIMAGE_EXIT_ERROR;
+	}
+	ret = squash_main(argc, argv, ex);
+	free(ex);
+	return ret;
 }

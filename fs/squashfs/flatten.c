@@ -498,7 +498,8 @@ static int merge_layer(struct wctx *c, struct fmap *m, struct dsrc *d, const cha
 		goto out;
 	}
 	/* Sorted so the walk (and so hard-link owners, ids, xattr ids) is reproducible. */
-	qsort(nl.v, nl.n, sizeof(*nl.v), cmp_str);
+	if (nl.n)
+		qsort(nl.v, nl.n, sizeof(*nl.v), cmp_str);
 	for (size_t i = 0; i < nl.n; i++) {
 		const char *name = nl.v[i];
 		struct fent *e = fmap_get(m, name);

@@ -160,7 +160,8 @@ static int add_xattrs(struct exp *x, int dfd, const char *name, const char *path
 	for (i = 0; len > 0 && i < (size_t)len && n < 256; i += strlen(list + i) + 1)
 		if (!wh_xattr_is_private(list + i))
 			names[n++] = list + i;
-	qsort(names, n, sizeof(*names), cmp_str);
+	if (n)
+		qsort(names, n, sizeof(*names), cmp_str);
 	for (i = 0; i < n && !ret; i++) {
 		char val[65536];
 		ssize_t vl = lgetxattr(proc, names[i], val, sizeof(val));
@@ -321,7 +322,8 @@ static int list_sorted(int fd, char ***names, size_t *n)
 		free(v);
 		return -ENOMEM;
 	}
-	qsort(v, cnt, sizeof(*v), cmp_str);
+	if (cnt)
+		qsort(v, cnt, sizeof(*v), cmp_str);
 	*names = v;
 	*n = cnt;
 	return 0;

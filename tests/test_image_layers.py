@@ -130,6 +130,24 @@ def test_reader_matches_kernel(workspace, feature_src, variant):
     assert not diff, "reader differs from the kernel:\n" + "\n".join(diff[:20])
 
 
+MKIMAGE = union.build_dir() / "mkimage"
+
+
+@pytest.mark.skipif(not os.access(MKIMAGE, os.X_OK), reason="build/mkimage not built yet")
+@pytest.mark.parametrize("comp", ["lz4", "zstd", "gzip", "xz", "none"])
+def test_reader_reads_mkimage_output(workspace, feature_src, comp):
+    """The same reader serves images strata writes itself."""
+    img = workspace / f"mkimage-{comp}.sqfs"
+    subprocess.run([str(MKIMAGE), "squash", "-q", "--comp", comp, "-j", "2", "-o", str(img),
+                    str(feature_src)], check=True)
+    ours = _sqfs.dump_image(str(img))
+    with _sqfs.kernel_mount(img, workspace / f"km-{comp}") as k:
+        theirs = _sqfs.manifest(k)
+    diff = [f"  kernel: {a[:200]}\n  strata: {b[:200]}" for a, b in zip(theirs, ours) if a != b]
+    assert len(ours) == len(theirs) and not diff, \
+        "reader differs from the kernel:\n" + "\n".join(diff[:20])
+
+
 def test_reader_rejects_bad_superblocks(workspace, feature_src):
     img = image_for(workspace, feature_src, "gzip")
     data = img.read_bytes()

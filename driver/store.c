@@ -104,13 +104,32 @@ int sd_path(char *buf, size_t len, const char *fmt, ...)
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+/* Root of the initial user namespace: root inside `unshare -Ur` cannot mknod devices,
+ * write trusted.* xattrs or mount the overlay without userxattr, so it counts as rootless. */
+static bool host_root(void)
+{
+	unsigned long inside, outside, count;
+	bool ok = false;
+	FILE *f;
+
+	if (geteuid() != 0)
+		return false;
+	f = fopen("/proc/self/uid_map", "re");
+	if (!f)
+		return true;
+	if (fscanf(f, "%lu %lu %lu", &inside, &outside, &count) == 3)
+		ok = inside == 0 && outside == 0 && count == 4294967295ul;
+	fclose(f);
+	return ok;
+}
+
 int strata_default_root(char *buf, size_t len)
 {
 	const char *e = getenv("STRATA_ROOT");
 
 	if (e && *e)
 		return sd_path(buf, len, "%s", e);
-	if (geteuid() == 0)
+	if (host_root())
 		return sd_path(buf, len, "/var/lib/strata");
 	e = getenv("XDG_DATA_HOME");
 	if (e && *e == '/')
@@ -410,7 +429,7 @@ int strata_open(const char *root, struct strata **sp, char *err, size_t errlen)
 		return -ENOMEM;
 	}
 	s->lock_fd = -1;
-	s->priv = geteuid() == 0;
+	s->priv = host_root();
 	if (!root) {
 		ret = strata_default_root(buf, sizeof(buf));
 		if (ret) {

@@ -586,3 +586,36 @@ def test_runc_on_strata_snapshot(store, tdir):
     t = tarfile.open(out)
     assert t.extractfile("written.txt").read() == b"written-by-container\n"
     assert "bin/busybox" not in t.getnames()    # the diff only
+
+
+@pytest.mark.rootless
+def test_rootless_mount_through_stratafs(tdir):
+    """Root of a user namespace is rootless for strata: auto picks stratafs, whiteouts and
+    opaque markers still work, and export gives the OCI form."""
+    if shutil.which("unshare") is None or not STRATAFS.exists():
+        pytest.skip("needs unshare and stratafs")
+    os.chmod(tdir, 0o777)
+    layer = tdir / "l.tar"
+    layer.write_bytes(tar_bytes([D("d"), F("d/a"), F("d/b"), D("o"), F("o/old")]))
+    script = tdir / "t.sh"
+    script.write_text(f"""set -e
+S="{STRATA} --root {tdir}/store"
+$S import base {layer}
+$S --json mounts c 2>/dev/null || true
+$S prepare c base >/dev/null
+mkdir -p {tdir}/m
+$S mount c {tdir}/m
+grep -q " {tdir}/m .*fuse" /proc/self/mountinfo
+rm {tdir}/m/d/a
+rm -r {tdir}/m/o && mkdir {tdir}/m/o && echo n > {tdir}/m/o/new
+echo x > {tdir}/m/added
+$S umount {tdir}/m
+$S export c -o {tdir}/c.tar
+$S check
+""")
+    r = subprocess.run(["unshare", "-Urm", "sh", str(script)], capture_output=True, text=True,
+                       env=dict(os.environ, STRATAFS=str(STRATAFS)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = set(tarfile.open(tdir / "c.tar").getnames())
+    assert {"d/.wh.a", "added", "o/new"} <= names
+    assert "o/.wh..wh..opq" in names or "o/.wh.old" in names

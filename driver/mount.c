@@ -235,32 +235,36 @@ static int find_stratafs(struct strata *s, char *buf, size_t len)
 	return sd_path(buf, len, "stratafs");
 }
 
-/* Runs stratafs and waits until the mount shows up (it may stay in the foreground or
- * daemonize; either way the mount point tells). */
-static int mount_fuse(struct strata *s, const char *opts, bool ro, const char *target)
+/* The daemon is started through an intermediate child that exits at once, so it is never
+ * our child (no zombie for a long-lived library caller) whether it daemonizes or not. */
+static pid_t spawn_stratafs(struct strata *s, const char *exe, const char *opts, bool ro,
+			    const char *target, int errfd)
 {
-	char exe[PATH_MAX], errbuf[1024] = "";
-	int pfd[2], status, ret, i;
-	size_t got = 0;
-	pid_t pid;
+	int pidp[2], status;
+	pid_t mid, daemon = -1;
 
-	if (find_stratafs(s, exe, sizeof(exe)))
-		return sd_err(s, ENAMETOOLONG, "stratafs path too long");
-	if (pipe2(pfd, O_CLOEXEC))
+	if (pipe2(pidp, O_CLOEXEC))
 		return sd_err(s, errno, "pipe: %s", strerror(errno));
-	pid = fork();
-	if (pid < 0) {
-		close(pfd[0]);
-		close(pfd[1]);
+	mid = fork();
+	if (mid < 0) {
+		close(pidp[0]);
+		close(pidp[1]);
 		return sd_err(s, errno, "fork: %s", strerror(errno));
 	}
-	if (pid == 0) {
+	if (mid == 0) {
 		int nul = open("/dev/null", O_RDWR);
+		pid_t pid;
 
 		dup2(nul, 0);
 		dup2(nul, 1);
-		dup2(pfd[1], 2);
+		dup2(errfd, 2);
 		setsid();
+		pid = fork();
+		if (pid != 0) {
+			if (write(pidp[1], &pid, sizeof(pid)) < 0)
+				_exit(1);
+			_exit(0);
+		}
 		if (ro)
 			execlp(exe, exe, "-o", opts, "-o", "ro", target, (char *)NULL);
 		else
@@ -268,36 +272,59 @@ static int mount_fuse(struct strata *s, const char *opts, bool ro, const char *t
 		dprintf(2, "cannot run %s: %s (set STRATAFS)", exe, strerror(errno));
 		_exit(127);
 	}
+	close(pidp[1]);
+	if (read(pidp[0], &daemon, sizeof(daemon)) != sizeof(daemon))
+		daemon = -1;
+	close(pidp[0]);
+	waitpid(mid, &status, 0);
+	return daemon;
+}
+
+/* Waits until the mount shows up; stratafs's stderr (until it detaches or exits) says why
+ * it did not. */
+static int mount_fuse(struct strata *s, const char *opts, bool ro, const char *target)
+{
+	char exe[PATH_MAX], errbuf[1024] = "";
+	int pfd[2], ret = -ETIMEDOUT, i, eof_polls = 0;
+	size_t got = 0;
+	pid_t daemon;
+
+	if (find_stratafs(s, exe, sizeof(exe)))
+		return sd_err(s, ENAMETOOLONG, "stratafs path too long");
+	if (pipe2(pfd, O_CLOEXEC))
+		return sd_err(s, errno, "pipe: %s", strerror(errno));
+	daemon = spawn_stratafs(s, exe, opts, ro, target, pfd[1]);
 	close(pfd[1]);
-	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
-	ret = -ETIMEDOUT;
+	if (daemon < 0) {
+		close(pfd[0]);
+		return daemon < -1 ? daemon : sd_err(s, EIO, "could not start %s", exe);
+	}
 	for (i = 0; i < 300; i++) {   /* up to 30 s */
 		struct pollfd p = { .fd = pfd[0], .events = POLLIN };
-		ssize_t n;
-		pid_t w;
+		ssize_t n = 0;
 
-		poll(&p, 1, 100);
-		n = read(pfd[0], errbuf + got, sizeof(errbuf) - 1 - got);
+		if (eof_polls)
+			usleep(100000);
+		else if (poll(&p, 1, 100) > 0)
+			n = read(pfd[0], errbuf + got, sizeof(errbuf) - 1 - got);
 		if (n > 0)
 			got += (size_t)n;
+		else if (n == 0 && p.revents & (POLLHUP | POLLIN))
+			eof_polls++;
 		errbuf[got] = 0;
 		if (sd_is_mountpoint(target)) {
 			ret = 0;
 			break;
 		}
-		w = waitpid(pid, &status, WNOHANG);
-		if (w == pid) {
-			if (sd_is_mountpoint(target)) {
-				ret = 0;
-				break;
-			}
-			ret = -EIO;
+		/* exited or detached without mounting: give the kernel a moment, then fail */
+		if (eof_polls && (kill(daemon, 0) < 0 || eof_polls++ > 20)) {
+			ret = sd_is_mountpoint(target) ? 0 : -EIO;
 			break;
 		}
 	}
 	close(pfd[0]);
 	if (ret == -ETIMEDOUT)
-		kill(pid, SIGTERM);
+		kill(daemon, SIGTERM);
 	if (ret) {
 		char *nl;
 

@@ -60,20 +60,15 @@ static int img_getattr(struct layer *l, const struct lnode *n, struct stat *st)
 static int img_lookup(struct layer *l, const struct lnode *dir, const char *name,
 		      struct lnode *child, struct stat *st)
 {
-	struct sqfs_reader *r = img_reader(l);
 	struct sqfs_inode d, ino;
-	uint64_t ref;
 	int ret = img_inode(l, dir, &d);
 
 	if (ret)
 		return ret;
-	ret = sqfs_lookup(r, &d, name, strlen(name), &ref);
+	ret = sqfs_lookup_inode(img_reader(l), &d, name, strlen(name), &ino);
 	if (ret)
 		return ret;
-	ret = sqfs_read_inode(r, ref, &ino);
-	if (ret)
-		return ret;
-	child->ref = ref;
+	child->ref = ino.ref;
 	img_stat(l, &ino, st);
 	return 0;
 }

@@ -1019,6 +1019,20 @@ int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char 
 	return ret < 0 ? ret : -ENOENT;
 }
 
+int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+		      size_t len, struct sqfs_inode *child)
+{
+	uint64_t ref;
+	int ret = sqfs_lookup(r, dir, name, len, &ref);
+
+	if (!ret)
+		ret = sqfs_read_inode(r, ref, child);
+	if (!ret && child->type == SQFS_INODE_DIR && child->dir.parent != dir->ino)
+		ret = rd_bad(r, r->sb.inode_table_start + SQFS_REF_BLOCK(ref),
+			     "directory's parent does not match where it is listed");
+	return ret;
+}
+
 int sqfs_export_lookup(struct sqfs_reader *r, uint32_t ino, uint64_t *ref)
 {
 	uint64_t v;

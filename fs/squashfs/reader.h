@@ -130,6 +130,11 @@ int sqfs_readdir(struct sqfs_reader *r, const struct sqfs_inode *dir,
 /* Find name in dir (uses the directory index when the inode has one): -ENOENT if absent. */
 int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
 		size_t len, uint64_t *ref);
+/* sqfs_lookup() and sqfs_read_inode() in one, refusing (-EIO) a child directory whose
+ * parent inode number is not dir's: that is what keeps a corrupt image from presenting
+ * a directory cycle. */
+int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+		      size_t len, struct sqfs_inode *child);
 /* Find an inode by number through the export table: -EOPNOTSUPP without one. */
 int sqfs_export_lookup(struct sqfs_reader *r, uint32_t ino, uint64_t *ref);
 

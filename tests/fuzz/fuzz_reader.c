@@ -73,6 +73,7 @@ static int fz_entry(void *ctx, const char *name, size_t len, unsigned type, uint
 	if (++z->entries > MAX_ENTRIES)
 		return 1;
 	sqfs_lookup(z->r, z->dir, name, len, &r2);
+	sqfs_lookup_inode(z->r, z->dir, name, len, &ino);
 	sqfs_export_lookup(z->r, nr, &r2);
 	if (sqfs_read_inode(z->r, ref, &ino))
 		return 0;

@@ -189,12 +189,12 @@ static int lookup_check(void *ctx, const char *name, size_t len, unsigned type,
 			uint32_t ino, uint64_t ref)
 {
 	struct lk *k = ctx;
-	uint64_t got;
-	int ret = sqfs_lookup(k->r, k->dir, name, len, &got);
+	struct sqfs_inode child;
+	int ret = sqfs_lookup_inode(k->r, k->dir, name, len, &child);
 
 	(void)type;
 	(void)ino;
-	if (ret || got != ref) {
+	if (ret || child.ref != ref) {
 		fprintf(stderr, "lookup of '%.*s' failed: %s\n", (int)len, name,
 			ret ? strerror(-ret) : "wrong inode");
 		k->errors++;

@@ -223,6 +223,7 @@ static int import_layer(struct oci *o, struct chain_state *cs, json_object *desc
 	struct strata_import_opts io = { 0 };
 	char chain[SHA256_STR_LEN], path[PATH_MAX], key[SD_KEY_MAX + 1];
 	const char *mt = jstr(desc, "mediaType");
+	struct stat st;
 	char **nc;
 	int ret;
 
@@ -238,6 +239,11 @@ static int import_layer(struct oci *o, struct chain_state *cs, json_object *desc
 	ret = blob_path(o, jstr(desc, "digest"), path, sizeof(path));
 	if (ret)
 		return ret;
+	if (stat(path, &st))
+		return sd_err(o->s, errno, "%s: layer blob %s: %s", o->dir, path, strerror(errno));
+	if (jsize(desc) >= 0 && st.st_size != jsize(desc))
+		return sd_err(o->s, EBADMSG, "%s: layer blob %s has %lld bytes, the manifest says "
+			      "%lld", o->dir, path, (long long)st.st_size, (long long)jsize(desc));
 	io.parent = cs->parent[0] ? cs->parent : NULL;
 	io.digest = jstr(desc, "digest");
 	io.diff_id = diff_id;

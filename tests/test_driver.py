@@ -267,6 +267,32 @@ def test_export_reimport_and_determinism(store, tdir, oci_image):
     store_dirs_ok(other)
 
 
+def test_image_import_refuses_bad_layouts(store, tdir, oci_image):
+    img, _ = oci_image
+    bad = tdir / "bad"
+    shutil.copytree(img, bad)
+    man_d = json.loads((bad / "index.json").read_text())["manifests"][0]["digest"]
+    man = json.loads((bad / "blobs/sha256" / man_d[7:]).read_text())
+    assert err_code(strata(store, "image", "import", f"{bad}:nope", ok=False)) == "ENOENT"
+    # a corrupt second layer: the first one, imported fine, is removed again
+    blob = bad / "blobs/sha256" / man["layers"][1]["digest"][7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    r = strata(store, "image", "import", f"{bad}:t", "x", ok=False)
+    msg = r.json["error"]["message"]
+    assert "mismatch" in msg or "bad tar" in msg or "gzip" in msg.lower(), msg
+    assert strata(store, "ls").json == []
+    # a digest that tries to be a path
+    idx = json.loads((bad / "index.json").read_text())
+    idx["manifests"][0]["digest"] = "sha256:../../../../etc/passwd"
+    (bad / "index.json").write_text(json.dumps(idx))
+    r = strata(store, "image", "import", f"{bad}:t", "x", ok=False)
+    assert "bad or unsupported digest" in r.json["error"]["message"]
+    store_dirs_ok(store)
+
+
 def tar_bytes(entries, fmt=tarfile.PAX_FORMAT):
     """entries: (TarInfo kwargs, data or None)"""
     buf = io.BytesIO()
@@ -442,7 +468,8 @@ def many_files_tar(path, n=3000):
 
 
 @pytest.mark.slow
-def test_kill9_anywhere(store, tdir):
+def test_kill9_anywhere(store, tdir, oci_image):
+    img, _ = oci_image
     rng = random.Random(int(os.environ.get("STRATA_TEST_SEED", "5")))
     layer = tdir / "many.tar"
     many_files_tar(layer)
@@ -450,8 +477,10 @@ def test_kill9_anywhere(store, tdir):
     expected = tree(strata(store, "stat", "base").json["path"], mtimes=False)
     env = dict(os.environ, STRATAFS=str(STRATAFS))
     for i in range(24):
-        op = rng.choice(["import", "commit", "squash", "rm"])
-        if op == "import":
+        op = rng.choice(["import", "commit", "squash", "rm", "image"])
+        if op == "image":
+            cmd = ["image", "import", f"{img}:t", f"img{i}"]
+        elif op == "import":
             cmd = ["import", f"imp{i}", str(layer), "--parent", "base"]
         elif op == "commit":
             strata(store, "prepare", f"act{i}", "base")
@@ -472,6 +501,9 @@ def test_kill9_anywhere(store, tdir):
             assert diff_trees(expected, got) == [], f"seed round {i}: partial import"
         if op == "commit":
             assert (f"com{i}" in snaps) != (f"act{i}" in snaps)
+        if f"img{i}" in snaps:      # a complete chain under the name
+            assert snaps[f"img{i}"]["diff_id"]
+            assert snaps[snaps[f"img{i}"]["parent"]]["kind"] == "committed"
     assert diff_trees(expected, tree(strata(store, "stat", "base").json["path"],
                                      mtimes=False)) == []
 

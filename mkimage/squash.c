@@ -253,6 +253,9 @@ static int squash_main(int argc, char **argv, const char **ex)
 	}
 	if (!quiet)
 		summary(out, &st);
+	if (getenv("MKIMAGE_TIMES"))
+		fprintf(stderr, "walk %.2f s, data %.2f s, total %.2f s\n", st.walk_seconds,
+			st.data_seconds, st.seconds);
 	return 0;
 }
 

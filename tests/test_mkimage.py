@@ -227,6 +227,22 @@ def test_image_layers(tdir):
         assert_same(view(a), view(b), ("dirs", "with image layer"))
 
 
+def test_image_layer_with_whiteouts(tdir):
+    """An image made by mksquashfs from a layer directory keeps that layer's whiteouts
+    (char 0/0) and opaque xattrs; as the top layer it must hide lower entries exactly as
+    the directory does under the kernel overlay."""
+    lowers = stack(tdir, STACK, True, "k")
+    top = tdir / "top_ms.sqfs"
+    union.run(["mksquashfs", str(lowers[0]), str(top), "-noappend", "-quiet", "-no-progress",
+               "-xattrs"])
+    img = tdir / "out.sqfs"
+    squash(img, top, lowers[1], lowers[2])
+    with overlay(lowers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        a, b = view(o, nlink=False), view(m, nlink=False)
+        # mksquashfs stores the top layer's root time; the overlay shows it too
+        assert_same(a, b, ("overlay", "image"))
+
+
 # ---------------------------------------------------------------------------------------
 # reproducibility, dedup, options
 

@@ -366,16 +366,38 @@ static uint32_t clamp_time(const struct sqfs_writer_opts *o, time_t t)
 
 static int add_file(struct wctx *c, struct wnode *n)
 {
+	int ret = 0;
+
+	pthread_mutex_lock(&c->files_mu);
 	if (c->nfiles == c->capfiles) {
 		size_t cap = c->capfiles ? c->capfiles * 2 : 1024;
 		struct wnode **v = realloc(c->files, cap * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
+		if (!v) {
+			ret = -ENOMEM;
+			goto out;
+		}
 		c->files = v;
 		c->capfiles = cap;
 	}
 	c->files[c->nfiles++] = n;
-	return 0;
+	pthread_cond_signal(&c->files_cv);
+out:
+	pthread_mutex_unlock(&c->files_mu);
+	return ret;
+}
+
+struct wnode *wr_next_file(struct wctx *c, size_t i, int *err)
+{
+	struct wnode *f = NULL;
+
+	pthread_mutex_lock(&c->files_mu);
+	while (i >= c->nfiles && !c->walk_done)
+		pthread_cond_wait(&c->files_cv, &c->files_mu);
+	if (i < c->nfiles)
+		f = c->files[i];
+	*err = c->walk_err;
+	pthread_mutex_unlock(&c->files_mu);
+	return f;
 }
 
 /* Hard links: a non-directory with st_nlink > 1 is the same inode as an earlier name with
@@ -434,7 +456,7 @@ static int fill_node(struct wctx *c, struct wnode *n, struct dsrc *s, const stru
 			owner->nlink++;
 			c->st->hardlinks++;
 			if (S_ISREG(st->st_mode))
-				c->st->files++;
+				__atomic_add_fetch(&c->st->files, 1, __ATOMIC_RELAXED);
 			return 0;
 		}
 	}
@@ -445,8 +467,8 @@ static int fill_node(struct wctx *c, struct wnode *n, struct dsrc *s, const stru
 	}
 	switch (st->st_mode & S_IFMT) {
 	case S_IFREG:
-		c->st->files++;
-		c->st->total_bytes += (uint64_t)st->st_size;
+		__atomic_add_fetch(&c->st->files, 1, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&c->st->total_bytes, (uint64_t)st->st_size, __ATOMIC_RELAXED);
 		n->size = (uint64_t)st->st_size;
 		n->layer = s->l;
 		n->ref = s->ref;
@@ -609,6 +631,8 @@ static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int ns
 	size_t nkids = 0;
 	int ret = 0;
 
+	if (__atomic_load_n(&c->abort, __ATOMIC_RELAXED))
+		return -ECANCELED;
 	/* srcs already ends at the first layer where this directory is opaque (merge_layer
 	 * stopped collecting there); the root, like the kernel's, merges every layer. */
 	for (int i = 0; i < nsrcs; i++) {

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +194,21 @@ static int finish_image(struct wctx *c, struct sqfs_super *sb, const void *opts,
 	return 0;
 }
 
+/* The walk thread: flatten, then tell the data side there are no more files. */
+static void *walk_main(void *arg)
+{
+	struct wctx *c = arg;
+	int ret = wr_flatten(c);
+
+	pthread_mutex_lock(&c->files_mu);
+	c->walk_err = ret;
+	c->walk_done = true;
+	c->st->walk_seconds = (double)(wr_now_ns() - c->start_ns) / 1e9;
+	pthread_cond_broadcast(&c->files_cv);
+	pthread_mutex_unlock(&c->files_mu);
+	return NULL;
+}
+
 static void cleanup(struct wctx *c, bool failed)
 {
 	if (c->fd >= 0)
@@ -213,7 +229,10 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 {
 	struct sqfs_writer_opts opts = *o;
 	struct sqfs_squash_stats dummy;
-	struct wctx c = { .o = &opts, .err = err, .errlen = errlen, .fd = -1, .out_path = out };
+	struct wctx c = { .o = &opts, .err = err, .errlen = errlen, .fd = -1, .out_path = out,
+			  .files_mu = PTHREAD_MUTEX_INITIALIZER,
+			  .files_cv = PTHREAD_COND_INITIALIZER };
+	pthread_t walker;
 	struct sqfs_super sb = { 0 };
 	unsigned char copts[16];
 	size_t optlen;
@@ -234,14 +253,22 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 	sqfs_codec_check(&opts.codec, err, errlen);     /* fills in the default level */
 	ret = open_layers(&c, layers, n);
 	if (!ret)
-		ret = wr_flatten(&c);
-	if (!ret)
 		ret = create_tmp(&c);
 	if (ret)
 		goto out;
 	optlen = sqfs_codec_options(&opts.codec, copts);
 	c.pos = sizeof(sb) + (optlen ? 2 + optlen : 0);
+	if (pthread_create(&walker, NULL, walk_main, &c)) {
+		ret = wr_error(&c, -EAGAIN, "cannot start the walk thread");
+		goto out;
+	}
 	ret = wr_write_data(&c);
+	if (ret)
+		__atomic_store_n(&c.abort, 1, __ATOMIC_RELAXED);
+	pthread_join(walker, NULL);
+	st->data_seconds = (double)(wr_now_ns() - c.start_ns) / 1e9 - st->walk_seconds;
+	if (!ret)
+		ret = c.walk_err;
 	if (!ret)
 		ret = wr_write_meta(&c, &sb);
 	if (!ret)

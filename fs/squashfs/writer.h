@@ -41,6 +41,7 @@ struct sqfs_squash_stats {
 	uint64_t image_bytes;
 	uint32_t inodes, fragments, ids, xattr_ids;
 	double seconds;
+	double walk_seconds, data_seconds;   /* the phases: metadata walk, file data */
 };
 
 /* Called from the reading thread about 10 times a second and once at the end (final=1). */

@@ -699,8 +699,11 @@ int wr_write_data(struct wctx *c)
 	}
 	p.writer_started = true;
 
-	for (size_t i = 0; i < c->nfiles && !ret; i++) {
-		ret = stream_file(&p, c->files[i], hs);
+	for (size_t i = 0; !ret; i++) {
+		struct wnode *f = wr_next_file(c, i, &ret);
+		if (!f)
+			break;
+		ret = stream_file(&p, f, hs);
 		c->st->files_done++;
 		wr_progress(c, 0);
 	}

@@ -6,6 +6,7 @@
 #ifndef STRATA_SQUASHFS_WRITER_INT_H
 #define STRATA_SQUASHFS_WRITER_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -105,8 +106,15 @@ struct wctx {
 	int nlayers;
 
 	struct wnode *root;
-	struct wnode **files;        /* inode-owning regular files, in data order */
+	/* Inode-owning regular files in data order.  The walk runs in its own thread and
+	 * publishes files here as it finds them, so reading data overlaps the walk. */
+	struct wnode **files;
 	size_t nfiles, capfiles;
+	pthread_mutex_t files_mu;
+	pthread_cond_t files_cv;
+	bool walk_done;              /* under files_mu */
+	int walk_err;
+	int abort;                   /* set (atomically) by the data side on error */
 	uint32_t ninodes;
 
 	/* hard links: (layer index, st_ino) -> owner */
@@ -137,6 +145,9 @@ int wr_pwrite(struct wctx *c, const void *buf, size_t len, uint64_t off);
 
 /* flatten.c: walk the union of c->layers into c->root and c->files. */
 int wr_flatten(struct wctx *c);
+/* Next file in data order, waiting for the walk; NULL when the walk is over (then
+ * *err is its result). */
+struct wnode *wr_next_file(struct wctx *c, size_t i, int *err);
 void wr_free_tree(struct wctx *c);
 /* writer_data.c: stream file data through the compressor pipeline. */
 int wr_write_data(struct wctx *c);

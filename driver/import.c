@@ -425,6 +425,8 @@ static int import_entry(struct imp *im, struct archive_entry *e)
 	ret = clear_name(im, dfd, base, type == AE_IFDIR && !hl, &keep);
 	if (ret)
 		goto out;
+	/* an earlier whiteout of this name in the OCI form (unprivileged layers) goes too */
+	wh_remove(dfd, base);
 	if (hl) {
 		ret = make_hardlink(im, hl, dfd, base);
 		goto out;  /* the link shares the target's metadata */

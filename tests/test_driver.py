@@ -534,6 +534,16 @@ done
     snaps = {s["key"] for s in store_dirs_ok(store)}
     want = {"base"} | {f"c{n}-{i}" for n in range(8) for i in (1, 3, 5)}
     assert snaps == want
+    # eight imports racing for one name: exactly one wins, the others fail cleanly
+    layer = tdir / "l.tar"
+    many_files_tar(layer, 300)
+    procs = [subprocess.Popen([str(STRATA), "--root", str(store), "--json", "import", "same",
+                               str(layer), "--parent", "base"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    res = [(p.wait(), p.stdout.read()) for p in procs]
+    assert sorted(rc for rc, _ in res) == [0] + [1] * 7, res
+    assert all(json.loads(out)["error"]["code"] == "EEXIST" for rc, out in res if rc)
+    assert "same" in {s["key"] for s in store_dirs_ok(store)}
 
 
 # ---- squash -----------------------------------------------------------------------------

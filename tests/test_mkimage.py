@@ -70,6 +70,29 @@ def test_sparse_files_are_holes(tdir):
             assert f.read(4096) == bytes(4096)
 
 
+def test_huge_sparse_file_beyond_4g(tdir):
+    """A 6 GiB file of holes with data at 0 and 5 GiB: the extended inode's 64-bit sizes,
+    and holes skipped without reading them."""
+    src = tdir / "src"
+    src.mkdir()
+    with open(src / "huge", "wb") as f:
+        f.write(b"start")
+        f.seek(5 << 30)
+        f.write(b"at5G")
+        f.truncate((6 << 30) + 77)
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    assert img.stat().st_size <= 64 * KiB
+    with kmount(img, tdir / "mnt") as m:
+        assert os.stat(m / "huge").st_size == (6 << 30) + 77
+        with open(m / "huge", "rb") as f:
+            assert f.read(5) == b"start"
+            f.seek(5 << 30)
+            assert f.read(4) == b"at5G"
+            f.seek((6 << 30) + 70)
+            assert f.read() == bytes(7)
+
+
 @pytest.mark.parametrize("comp,level", [("lz4", None), ("lz4hc", None), ("lz4hc", 4),
                                         ("zstd", None), ("zstd", 3), ("gzip", None),
                                         ("gzip", 1), ("xz", None), ("none", None)])

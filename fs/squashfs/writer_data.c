@@ -520,6 +520,44 @@ static int end_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 	return dd_add(&p->files, f->size, h, f);
 }
 
+/* Holes of a host file, found with SEEK_DATA/SEEK_HOLE so that they are never read: a
+ * sparse file of many GiB costs a few syscalls.  Without a host fd (image layers) every
+ * block is read and zero blocks are still found by looking at them. */
+struct holes {
+	int fd;
+	uint64_t size;
+	uint64_t known_until;    /* [checked_from, known_until) is all hole or all data */
+	bool is_hole;
+};
+
+static bool block_is_hole(struct holes *h, uint64_t off, uint64_t len)
+{
+	off_t r;
+
+	if (h->fd < 0)
+		return false;
+	if (off >= h->known_until) {
+		r = lseek(h->fd, (off_t)off, SEEK_DATA);
+		if (r < 0 && errno == ENXIO)
+			r = (off_t)h->size;          /* only a hole up to the end */
+		if (r < 0) {
+			h->fd = -1;                  /* no SEEK_DATA here: read everything */
+			return false;
+		}
+		if ((uint64_t)r > off) {
+			h->is_hole = true;
+			h->known_until = (uint64_t)r;
+		} else {
+			r = lseek(h->fd, (off_t)off, SEEK_HOLE);
+			h->is_hole = false;
+			h->known_until = r > (off_t)off ? (uint64_t)r : h->size;
+		}
+	}
+	return h->is_hole && off + len <= h->known_until;
+}
+
+static const unsigned char zero_block[1u << SQFS_MAX_BLOCK_LOG];
+
 static int stream_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 {
 	struct wctx *c = p->c;
@@ -537,10 +575,19 @@ static int stream_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 	ret = open_src(c, f, &lf);
 	if (ret)
 		return ret;
+	struct holes holes = { .fd = f->layer->ops->host_fd(lf), .size = f->size };
 	XXH3_128bits_reset(hs);
 	for (uint64_t i = 0; i < nfull; i++) {
 		struct slot *s;
 
+		if (block_is_hole(&holes, i * p->bs, p->bs)) {
+			XXH3_128bits_update(hs, zero_block, p->bs);
+			__atomic_add_fetch(&c->st->bytes_in, p->bs, __ATOMIC_RELAXED);
+			f->blocks[i] = 0;
+			f->sparse += p->bs;
+			c->st->sparse_bytes += p->bs;
+			continue;
+		}
 		ret = get_slot(p, &s);
 		if (ret)
 			goto out;

@@ -238,21 +238,34 @@ static int meta_get(struct sqfs_reader *r, uint64_t pos, uint64_t end, struct bc
 	return 0;
 }
 
-/* Copy len bytes of a metadata stream starting at *p into buf and advance *p. */
-static int meta_read(struct sqfs_reader *r, struct sqfs_mpos *p, uint64_t end,
-		     void *buf, size_t len)
+/* Copy len bytes of a metadata stream starting at *p into buf and advance *p.
+ * With hold, the block last used stays referenced in *hold between calls (the caller
+ * bc_put()s it when done): a walk through a directory listing then takes one cache
+ * lookup per metadata block instead of one per field. */
+static int meta_read_held(struct sqfs_reader *r, struct sqfs_mpos *p, uint64_t end,
+			  void *buf, size_t len, struct bc_entry **hold)
 {
 	unsigned char *dst = buf;
 
 	while (len) {
 		struct bc_entry *e = NULL;
 		size_t n;
-		int ret = meta_get(r, p->block, end, &e);
+		int ret;
 
-		if (ret)
-			return ret;
+		if (hold && *hold && (*hold)->key == p->block) {
+			e = *hold;
+		} else {
+			ret = meta_get(r, p->block, end, &e);
+			if (ret)
+				return ret;
+			if (hold) {
+				bc_put(*hold);
+				*hold = e;
+			}
+		}
 		if (p->offset > e->len) {
-			bc_put(e);
+			if (!hold)
+				bc_put(e);
 			return rd_bad(r, p->block, "offset past the end of a metadata block");
 		}
 		n = e->len - p->offset;
@@ -266,9 +279,16 @@ static int meta_read(struct sqfs_reader *r, struct sqfs_mpos *p, uint64_t end,
 			p->block = e->aux;
 			p->offset = 0;
 		}
-		bc_put(e);
+		if (!hold)
+			bc_put(e);
 	}
 	return 0;
+}
+
+static int meta_read(struct sqfs_reader *r, struct sqfs_mpos *p, uint64_t end,
+		     void *buf, size_t len)
+{
+	return meta_read_held(r, p, end, buf, len, NULL);
 }
 
 /* Skip len bytes of a metadata stream. */
@@ -840,6 +860,7 @@ struct dir_walk {
 	uint32_t count;       /* entries left under the current header */
 	uint32_t start;       /* inode block of the current header */
 	uint32_t base;        /* inode number of the current header */
+	struct bc_entry *hold;   /* current listing block; walk_done() drops it */
 };
 
 struct dir_ent {
@@ -858,6 +879,12 @@ static void walk_init(struct sqfs_reader *r, const struct sqfs_inode *dir, struc
 	w->left = dir->dir.listing;
 }
 
+static void walk_done(struct dir_walk *w)
+{
+	bc_put(w->hold);
+	w->hold = NULL;
+}
+
 static int walk_header(struct sqfs_reader *r, struct dir_walk *w)
 {
 	struct sqfs_dir_header h;
@@ -866,7 +893,7 @@ static int walk_header(struct sqfs_reader *r, struct dir_walk *w)
 
 	if (w->left < sizeof(h))
 		return rd_bad(r, where, "directory listing ends inside a header");
-	ret = meta_read(r, &w->p, r->dir_end, &h, sizeof(h));
+	ret = meta_read_held(r, &w->p, r->dir_end, &h, sizeof(h), &w->hold);
 	if (ret)
 		return ret;
 	sqfs_dir_header_swap(&h);
@@ -904,7 +931,7 @@ static int walk_next(struct sqfs_reader *r, struct dir_walk *w, struct dir_ent *
 	where = w->p.block;
 	if (w->left < sizeof(d))
 		return rd_bad(r, where, "directory listing ends inside an entry");
-	ret = meta_read(r, &w->p, r->dir_end, &d, sizeof(d));
+	ret = meta_read_held(r, &w->p, r->dir_end, &d, sizeof(d), &w->hold);
 	if (ret)
 		return ret;
 	sqfs_dir_entry_swap(&d);
@@ -913,7 +940,7 @@ static int walk_next(struct sqfs_reader *r, struct dir_walk *w, struct dir_ent *
 	if (e->len > SQFS_NAME_MAX || e->len > w->left || d.offset >= SQFS_META_SIZE ||
 	    d.type < SQFS_INODE_DIR || d.type > SQFS_INODE_SOCKET)
 		return rd_bad(r, where, "bad directory entry");
-	ret = meta_read(r, &w->p, r->dir_end, e->name, e->len);
+	ret = meta_read_held(r, &w->p, r->dir_end, e->name, e->len, &w->hold);
 	if (ret)
 		return ret;
 	w->left -= e->len;
@@ -940,8 +967,9 @@ int sqfs_readdir(struct sqfs_reader *r, const struct sqfs_inode *dir,
 	while ((ret = walk_next(r, &w, &e)) == 1) {
 		ret = fill(ctx, e.name, e.len, e.type, e.ino, e.ref);
 		if (ret)
-			return ret;
+			break;
 	}
+	walk_done(&w);
 	return ret;
 }
 
@@ -962,33 +990,40 @@ static int walk_seek(struct sqfs_reader *r, const struct sqfs_inode *dir, struct
 {
 	struct sqfs_mpos p = dir->dir.idx;
 	char iname[SQFS_NAME_MAX];
+	struct bc_entry *hold = NULL;
 	uint32_t last = 0;
+	int ret = 0;
 
 	for (unsigned i = 0; i < dir->dir.idx_count; i++) {
 		struct sqfs_dir_index x;
 		uint64_t where = p.block;
-		int ret = meta_read(r, &p, r->inode_end, &x, sizeof(x));
 
+		ret = meta_read_held(r, &p, r->inode_end, &x, sizeof(x), &hold);
 		if (ret)
-			return ret;
+			break;
 		sqfs_dir_index_swap(&x);
-		if (x.name_size >= SQFS_NAME_MAX)
-			return rd_bad(r, where, "bad directory index entry");
-		ret = meta_read(r, &p, r->inode_end, iname, x.name_size + 1);
+		if (x.name_size >= SQFS_NAME_MAX) {
+			ret = rd_bad(r, where, "bad directory index entry");
+			break;
+		}
+		ret = meta_read_held(r, &p, r->inode_end, iname, x.name_size + 1, &hold);
 		if (ret)
-			return ret;
+			break;
 		if (name_cmp(iname, x.name_size + 1, name, len) > 0)
 			break;
 		if (x.index < last || x.index > dir->dir.listing ||
-		    x.start >= r->dir_end - r->sb.dir_table_start)
-			return rd_bad(r, where, "bad directory index entry");
+		    x.start >= r->dir_end - r->sb.dir_table_start) {
+			ret = rd_bad(r, where, "bad directory index entry");
+			break;
+		}
 		last = x.index;
 		w->p.block = r->sb.dir_table_start + x.start;
 		w->p.offset = (x.index + dir->dir.offset) % SQFS_META_SIZE;
 		w->left = dir->dir.listing - x.index;
 		w->count = 0;
 	}
-	return 0;
+	bc_put(hold);
+	return ret;
 }
 
 int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
@@ -1004,18 +1039,18 @@ int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char 
 		return len ? -ENAMETOOLONG : -ENOENT;
 	walk_init(r, dir, &w);
 	ret = walk_seek(r, dir, &w, name, len);
-	if (ret)
-		return ret;
-	while ((ret = walk_next(r, &w, &e)) == 1) {
+	while (!ret && (ret = walk_next(r, &w, &e)) == 1) {
 		int c = name_cmp(e.name, e.len, name, len);
 
 		if (c == 0) {
 			*ref = e.ref;
-			return 0;
-		}
-		if (c > 0)
 			break;
+		}
+		ret = c > 0 ? -ENOENT : 0;
 	}
+	walk_done(&w);
+	if (ret == 1)
+		return 0;
 	return ret < 0 ? ret : -ENOENT;
 }
 

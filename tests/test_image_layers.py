@@ -313,6 +313,15 @@ def test_small_image_cache(tdir):
 
 
 @need_stratafs
+def test_bad_image_cache_value_is_refused(workspace, feature_src, tdir):
+    img = image_for(workspace, feature_src, "lz4")
+    with pytest.raises(union.MountError) as ei:
+        with stratafs(tdir / "m", [img], opts=["image_cache=lots"]):
+            pass
+    assert "image_cache" in str(ei.value)
+
+
+@need_stratafs
 def test_parallel_reads(workspace, feature_src, tdir):
     img = image_for(workspace, feature_src, "zstd")
     with _sqfs.kernel_mount(img, tdir / "k") as k:

@@ -286,7 +286,39 @@ fail:
 	return NULL;
 }
 
+/* "256M", "64K", "1G", "1048576" -> bytes; -EINVAL for anything else. */
+static int img_parse_size(const char *s, size_t *out)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	if (*end && strchr("kKmMgG", *end)) {
+		v <<= *end == 'k' || *end == 'K' ? 10 : *end == 'm' || *end == 'M' ? 20 : 30;
+		end++;
+		if (!strcmp(end, "iB"))
+			end += 2;
+	}
+	if (!strcmp(end, "B"))
+		end++;
+	if (*end || v == 0 || v > (1ull << 40))
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* stratafs passes -o image_cache=SIZE down as $STRATA_IMAGE_CACHE. */
 struct layer *layer_image_open(const char *path, int index, char *err, size_t errlen)
 {
-	return layer_image_open_cache(path, index, 0, err, errlen);
+	const char *env = getenv("STRATA_IMAGE_CACHE");
+	size_t bytes = 0;
+
+	if (env && *env && img_parse_size(env, &bytes)) {
+		snprintf(err, errlen, "image_cache='%s': expected a size like 256M", env);
+		return NULL;
+	}
+	return layer_image_open_cache(path, index, bytes, err, errlen);
 }

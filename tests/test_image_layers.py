@@ -19,6 +19,7 @@ stratafs tests skip only while build/stratafs does not exist.
 
 import contextlib
 import errno
+import hashlib
 import os
 import random
 import shutil
@@ -345,6 +346,31 @@ def test_parallel_reads(workspace, feature_src, tdir):
         for t in ts:
             t.join()
         assert not errors, f"wrong contents under concurrency: {sorted(set(errors))}"
+
+
+@need_stratafs
+@pytest.mark.rootless
+def test_rootless_image_layer_with_copy_up(workspace, feature_src, tdir):
+    """In a user namespace (where the kernel's squashfs cannot be mounted): image lower,
+    copy-up into an upper dir.  The mount dies with the namespace whatever happens."""
+    img = image_for(workspace, feature_src, "zstd")
+    for d in ("upper", "work", "m"):
+        (tdir / d).mkdir()
+    script = f"""
+set -e
+{STRATAFS} -o lowerdir={img},upperdir={tdir}/upper,workdir={tdir}/work {tdir}/m
+trap 'fusermount3 -u {tdir}/m' EXIT
+sha256sum {tdir}/m/text1m | cut -d' ' -f1
+echo more >> {tdir}/m/small.txt
+getfattr --only-values -n user.big {tdir}/m/text1m | sha256sum | cut -d' ' -f1
+"""
+    r = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text_sha, xattr_sha = r.stdout.split()
+    assert text_sha == hashlib.sha256((feature_src / "text1m").read_bytes()).hexdigest()
+    assert xattr_sha == hashlib.sha256(BIG_XATTR).hexdigest()
+    assert (tdir / "upper" / "small.txt").read_bytes() == b"hello\nmore\n"
 
 
 # ---------------------------------------------------------------------------------------

@@ -91,8 +91,16 @@ def _raise_interrupt(signum, frame):
 
 
 def install_signal_handlers():
+    # Explicitly, also SIGINT: a shell starting us in the background leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
+
+
+def ignore_signals():
+    """While cleaning up, a second Ctrl-C must not abort the cleanup half-way."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def sh(cmd, check=True, timeout=900, env=None, cwd=None, input=None):
@@ -183,6 +191,9 @@ def fresh_dir(path):
 
 def drop_caches(ctx):
     """Cold-cache runs: write back, then drop page cache, dentries and inodes (root only)."""
+    if ctx.cold_cmd:
+        # Site-specific: e.g. a Lustre client's lock LRU, which drop_caches does not clear.
+        subprocess.run(["sh", "-c", ctx.cold_cmd], capture_output=True)
     if not ctx.can_drop:
         return False
     os.sync()

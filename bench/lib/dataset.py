@@ -43,9 +43,9 @@ types typing unittest unittest.mock urllib.parse urllib.request uuid warnings wa
 xml.dom.minidom xml.etree.ElementTree xml.sax xmlrpc.client zipapp zipfile zipimport
 zoneinfo""".split()
 
-QUICK = dict(small_dirs=20, small_per_dir=100, bigdir=3000, big_mib=64, untar_files=2000,
-             stat_paths=2000, stat_rounds=3, randreads=2000, mdtest_procs=2, mdtest_files=250,
-             write_mib=64)
+QUICK = dict(small_dirs=10, small_per_dir=100, bigdir=3000, big_mib=32, untar_files=500,
+             stat_paths=1000, stat_rounds=3, randreads=1000, mdtest_procs=2, mdtest_files=100,
+             write_mib=32)
 FULL = dict(small_dirs=200, small_per_dir=100, bigdir=100000, big_mib=1024, untar_files=20000,
             stat_paths=20000, stat_rounds=5, randreads=20000, mdtest_procs=4,
             mdtest_files=2000, write_mib=1024)

@@ -28,9 +28,10 @@ def med(r):
     return r["summary"]["median"] if r.get("summary") else None
 
 
-def best_peer(rows):
+def best_peer(rows, kind=None):
+    """Fastest non-strata, non-native result; of the same kind (dirs/image) when given."""
     peers = [r for r in rows if med(r) is not None and not r.get("strata") and
-             r["system"] != "native"]
+             r["system"] != "native" and (kind is None or r.get("kind") == kind)]
     return min(peers, key=med) if peers else None
 
 
@@ -71,7 +72,7 @@ def write_csv(outdir, name, rows):
 def flat(r, rows):
     """One CSV row for a result, with ratios against native and the best peer."""
     nat = next((x for x in rows if x["system"] == "native"), None)
-    bp = best_peer(rows)
+    bp = best_peer(rows, r.get("kind"))
     s = r.get("summary") or {}
     d = {"table": r["table"], "system": r["system"], "median_s": s.get("median"),
          "min_s": s.get("min"), "max_s": s.get("max"), "runs": s.get("n"),
@@ -117,7 +118,8 @@ def _plt():
         return None
 
 
-def plot_bars(path, tables, titles, xlabel="seconds (median, bar = min…max)", logx=False):
+def plot_bars(path, tables, titles, xlabel="seconds (median, whisker = min…max)",
+              logx=False):
     """Small multiples: one horizontal bar chart per table, systems as bars."""
     plt = _plt()
     if plt is None or not tables:
@@ -128,11 +130,13 @@ def plot_bars(path, tables, titles, xlabel="seconds (median, bar = min…max)", 
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 0.36 * 9 * rows + 1.2),
                              squeeze=False)
     for ax, (key, res) in zip([a for row in axes for a in row], tables.items()):
+        top = max([med(r) or 0 for r in res] + [0])
+        unit, k = ("ms", 1e3) if top < 1 else ("s", 1.0)
         labels = [r["system"] for r in res][::-1]
-        vals = [med(r) or 0 for r in res][::-1]
-        lo = [max(0, (med(r) or 0) - r["summary"]["min"]) if r.get("summary") else 0
+        vals = [(med(r) or 0) * k for r in res][::-1]
+        lo = [max(0, (med(r) or 0) - r["summary"]["min"]) * k if r.get("summary") else 0
               for r in res][::-1]
-        hi = [max(0, r["summary"]["max"] - med(r)) if r.get("summary") else 0
+        hi = [max(0, r["summary"]["max"] - med(r)) * k if r.get("summary") else 0
               for r in res][::-1]
         colors = [COLORS[family(r)] for r in res][::-1]
         ax.barh(labels, vals, xerr=[lo, hi], color=colors, capsize=2)
@@ -143,7 +147,7 @@ def plot_bars(path, tables, titles, xlabel="seconds (median, bar = min…max)", 
             ax.set_xscale("log")
         ax.set_title(titles.get(key, key), fontsize=9)
         ax.tick_params(labelsize=8)
-        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_xlabel(xlabel.replace("seconds", unit), fontsize=7)
     for ax in [a for row in axes for a in row][n:]:
         ax.axis("off")
     fig.tight_layout()
@@ -178,17 +182,24 @@ def fs_section(ctx, results, outdir, group, heading, intro):
         rows.append([key] + [fmt_ratio(ratio(med(bys[s]), nat)) if s in bys else "—"
                              for s in systems])
     out.append(md_table(["workload"] + ["`%s`" % s for s in systems], rows))
-    strata = [s for s in systems if any(r.get("strata") and r["system"] == s
-                                        for res in tables.values() for r in res)]
-    out.append("\n### strata against the best peer of the same run (< 1.00× = strata faster)\n")
-    rows = []
+    strata = [(s, r.get("kind")) for s in systems
+              for r in next(iter(tables.values())) if r.get("strata") and r["system"] == s]
+    out.append("\n### strata against the best peer of the same kind in this run "
+               "(layers as dirs: `kovl`, `fovl`; one image: `ksq`, `ksq+kovl`, `sqfuse_ll`, "
+               "`sqfuse+fovl`; < 1.00× = strata faster)\n")
+    rows, header = [], ["workload"]
+    for s, kind in strata:
+        header += ["best %s peer" % kind, "`%s`" % s]
     for key, res in tables.items():
         bys = {r["system"]: r for r in res}
-        bp = best_peer(res)
-        rows.append([key, "`%s` %s" % (bp["system"], fmt_s(med(bp))) if bp else "n/a"] +
-                    [fmt_ratio(ratio(med(bys[s]), med(bp) if bp else None))
-                     if s in bys else "—" for s in strata])
-    out.append(md_table(["workload", "best peer"] + ["`%s`" % s for s in strata], rows))
+        row = [key]
+        for s, kind in strata:
+            bp = best_peer(res, kind)
+            row += ["`%s` %s" % (bp["system"], fmt_s(med(bp))) if bp else "n/a",
+                    fmt_ratio(ratio(med(bys[s]), med(bp) if bp else None))
+                    if s in bys else "—"]
+        rows.append(row)
+    out.append(md_table(header, rows))
     csvrows = [flat(r, res) for res in tables.values() for r in res]
     write_csv(outdir, "%s.csv" % group, csvrows)
     if plot_bars(os.path.join(outdir, "%s.png" % group), tables, titles):

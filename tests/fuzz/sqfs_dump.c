@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * sqfs-dump IMAGE: walk a SquashFS image with strata's reader and print one line per
+ * sqfs-dump [-j N] IMAGE: walk a SquashFS image with strata's reader and print one line per
  * entry, in the format tests/_sqfs.py builds from a mounted tree, so the two can be
  * compared.  Every entry is also found again by name (directory index path) and by inode
  * number (export table) to check those paths agree with the walk.
@@ -9,9 +9,12 @@
  *
  * data: crc32 of a file's contents, a symlink's target, else "-".
  * xattrs: name=hexvalue joined by ",", sorted as stored (mksquashfs sorts them).
+ * -j N walks with N threads at once over one reader (small caches, so they evict each
+ * other's blocks) and checks they all saw the same thing.
  * Exit status 0 when everything read, 1 on read errors (EIO etc.), 2 on open failure.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,21 +25,22 @@
 
 struct walk {
 	struct sqfs_reader *r;
+	FILE *out;
 	int errors;
 	char path[8192];
 	size_t plen;
 };
 
-static void put_hex(const unsigned char *p, size_t n)
+static void put_hex(FILE *out, const unsigned char *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		printf("%02x", p[i]);
+		fprintf(out, "%02x", p[i]);
 }
 
 static void dump_xattrs(struct walk *w, const struct sqfs_inode *ino)
 {
-	char names[65536];
-	static unsigned char val[65536];
+	static __thread char names[65536];
+	static __thread unsigned char val[65536];
 	ssize_t n = sqfs_listxattr(w->r, ino, names, sizeof(names));
 	int first = 1;
 
@@ -53,17 +57,17 @@ static void dump_xattrs(struct walk *w, const struct sqfs_inode *ino)
 			w->errors++;
 			continue;
 		}
-		printf("%s%s=", first ? "" : ",", k);
-		put_hex(val, v);
+		fprintf(w->out, "%s%s=", first ? "" : ",", k);
+		put_hex(w->out, val, v);
 		first = 0;
 	}
 	if (first)
-		printf("-");
+		fprintf(w->out, "-");
 }
 
 static void dump_data(struct walk *w, const struct sqfs_inode *ino)
 {
-	static char buf[1 << 17];
+	static __thread char buf[1 << 17];
 	struct sqfs_file *f;
 	uLong crc = crc32(0, NULL, 0);
 	uint64_t off = 0;
@@ -74,21 +78,21 @@ static void dump_data(struct walk *w, const struct sqfs_inode *ino)
 
 		if (n < 0) {
 			w->errors++;
-			printf("ERR");
+			fprintf(w->out, "ERR");
 			return;
 		}
-		fwrite(buf, 1, n, stdout);
+		fwrite(buf, 1, n, w->out);
 		return;
 	}
 	if (ino->type != SQFS_INODE_FILE) {
-		printf("-");
+		fprintf(w->out, "-");
 		return;
 	}
 	ret = sqfs_file_open(w->r, ino, &f);
 	if (ret) {
 		fprintf(stderr, "%s: open: %s\n", w->path, strerror(-ret));
 		w->errors++;
-		printf("ERR");
+		fprintf(w->out, "ERR");
 		return;
 	}
 	for (;;) {
@@ -109,7 +113,7 @@ static void dump_data(struct walk *w, const struct sqfs_inode *ino)
 	sqfs_file_close(f);
 	if (off != ino->size)
 		w->errors++;
-	printf("%08lx", crc);
+	fprintf(w->out, "%08lx", crc);
 }
 
 static void dump_one(struct walk *w, const struct sqfs_inode *ino)
@@ -117,14 +121,14 @@ static void dump_one(struct walk *w, const struct sqfs_inode *ino)
 	struct stat st;
 
 	sqfs_inode_stat(w->r, ino, &st);
-	printf("%s\t%o\t%u\t%u\t%ld\t%lld\t%lu\t%u:%u\t", w->plen ? w->path : "/",
+	fprintf(w->out, "%s\t%o\t%u\t%u\t%ld\t%lld\t%lu\t%u:%u\t", w->plen ? w->path : "/",
 	       st.st_mode, st.st_uid, st.st_gid, (long)st.st_mtime,
 	       S_ISDIR(st.st_mode) ? 0LL : (long long)st.st_size, (unsigned long)st.st_nlink,
 	       major(st.st_rdev), minor(st.st_rdev));
 	dump_data(w, ino);
-	printf("\t");
+	fprintf(w->out, "\t");
 	dump_xattrs(w, ino);
-	printf("\n");
+	fprintf(w->out, "\n");
 }
 
 static int walk_dir(struct walk *w, const struct sqfs_inode *dir);
@@ -231,31 +235,103 @@ static int lookup_all(struct sqfs_reader *r, const struct sqfs_inode *dir)
 	return k.errors;
 }
 
+static int dump_all(struct sqfs_reader *r, FILE *out)
+{
+	struct walk *w = calloc(1, sizeof(*w));
+	struct sqfs_inode root;
+	int ret, errors;
+
+	if (!w)
+		return 1;
+	w->r = r;
+	w->out = out;
+	ret = sqfs_read_inode(r, sqfs_root_ref(r), &root);
+	if (ret) {
+		fprintf(stderr, "root: %s\n", strerror(-ret));
+		free(w);
+		return 1;
+	}
+	dump_one(w, &root);
+	walk_dir(w, &root);
+	w->errors += lookup_all(r, &root);
+	errors = w->errors;
+	free(w);
+	return errors;
+}
+
+/* -j N: N threads walk the same reader at once into memory; all must agree. */
+struct job {
+	pthread_t t;
+	struct sqfs_reader *r;
+	char *buf;
+	size_t len;
+	int errors;
+};
+
+static void *job_run(void *arg)
+{
+	struct job *j = arg;
+	FILE *f = open_memstream(&j->buf, &j->len);
+
+	if (!f) {
+		j->errors = 1;
+		return NULL;
+	}
+	j->errors = dump_all(j->r, f);
+	fclose(f);
+	return NULL;
+}
+
+static int dump_parallel(struct sqfs_reader *r, int n)
+{
+	struct job *jobs = calloc(n, sizeof(*jobs));
+	int errors = 0;
+
+	if (!jobs)
+		return 1;
+	for (int i = 0; i < n; i++) {
+		jobs[i].r = r;
+		if (pthread_create(&jobs[i].t, NULL, job_run, &jobs[i]))
+			return 1;
+	}
+	for (int i = 0; i < n; i++) {
+		pthread_join(jobs[i].t, NULL);
+		errors += jobs[i].errors;
+		if (i && (jobs[i].len != jobs[0].len || memcmp(jobs[i].buf, jobs[0].buf, jobs[0].len))) {
+			fprintf(stderr, "thread %d saw a different image than thread 0\n", i);
+			errors++;
+		}
+	}
+	if (jobs[0].buf)
+		fwrite(jobs[0].buf, 1, jobs[0].len, stdout);
+	for (int i = 0; i < n; i++)
+		free(jobs[i].buf);
+	free(jobs);
+	return errors;
+}
+
 int main(int argc, char **argv)
 {
 	struct sqfs_reader_opts o = { .data_cache_bytes = 1 << 20, .meta_cache_bytes = 1 << 18 };
-	struct walk w = { 0 };
-	struct sqfs_inode root;
+	struct sqfs_reader *r;
 	char err[256];
-	int ret;
+	int threads = 1, errors, ret;
 
-	if (argc != 2) {
-		fprintf(stderr, "usage: sqfs-dump IMAGE\n");
+	if (argc == 4 && !strcmp(argv[1], "-j")) {
+		threads = atoi(argv[2]);
+		argv += 2;
+		argc -= 2;
+	}
+	if (argc != 2 || threads < 1) {
+		fprintf(stderr, "usage: sqfs-dump [-j THREADS] IMAGE\n");
 		return 2;
 	}
-	ret = sqfs_open(argv[1], &o, &w.r, err, sizeof(err));
+	ret = sqfs_open(argv[1], &o, &r, err, sizeof(err));
 	if (ret) {
 		fprintf(stderr, "%s: %s\n", argv[1], err);
 		return 2;
 	}
-	ret = sqfs_read_inode(w.r, sqfs_root_ref(w.r), &root);
-	if (ret) {
-		fprintf(stderr, "root: %s\n", strerror(-ret));
-		return 1;
-	}
-	dump_one(&w, &root);
-	walk_dir(&w, &root);
-	w.errors += lookup_all(w.r, &root);
-	sqfs_close(w.r);
-	return w.errors ? 1 : 0;
+	errors = threads > 1 ? dump_parallel(r, threads) : dump_all(r, stdout);
+	sqfs_close(r);
+	return errors ? 1 : 0;
 }

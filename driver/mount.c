@@ -152,6 +152,13 @@ static int build_spec(struct strata *s, const struct sd_snap *sn, enum strata_ba
 		goto fail;
 	if (sn->kind == STRATA_VIEW && (ret = add_opt(s, m, "ro")))
 		goto fail;
+	/* A renamed lower directory must not become a redirect xattr, which export (and
+	 * stratafs) would not follow: with redirect_dir=off the kernel copies instead.
+	 * Unprivileged, the kernel overlay keeps its state in user.overlay.* (userxattr,
+	 * which also creates no redirects), where an unprivileged import puts opaque
+	 * markers too. */
+	if (kernel && (ret = add_opt(s, m, s->priv ? "redirect_dir=off" : "userxattr")))
+		goto fail;
 	if ((ret = add_opt(s, m, lower)))
 		goto fail;
 	if (sn->kind == STRATA_ACTIVE) {

@@ -631,9 +631,11 @@ def test_runc_on_strata_snapshot(store, tdir):
 
 
 @pytest.mark.rootless
-def test_rootless_mount_through_stratafs(tdir):
-    """Root of a user namespace is rootless for strata: auto picks stratafs, whiteouts and
-    opaque markers still work, and export gives the OCI form."""
+@pytest.mark.parametrize("backend", ["auto", "kernel"])
+def test_rootless_mount(tdir, backend):
+    """Root of a user namespace is rootless for strata: auto picks stratafs, kernel mounts
+    the overlay with userxattr; whiteouts and opaque markers work with both, and export
+    gives the OCI form."""
     if shutil.which("unshare") is None or not STRATAFS.exists():
         pytest.skip("needs unshare and stratafs")
     os.chmod(tdir, 0o777)
@@ -646,8 +648,8 @@ $S import base {layer}
 $S --json mounts c 2>/dev/null || true
 $S prepare c base >/dev/null
 mkdir -p {tdir}/m
-$S mount c {tdir}/m
-grep -q " {tdir}/m .*fuse" /proc/self/mountinfo
+$S mount c {tdir}/m --backend {backend}
+grep -F " {tdir}/m " /proc/self/mountinfo | grep -q {"fuse" if backend == "auto" else "overlay"}
 rm {tdir}/m/d/a
 rm -r {tdir}/m/o && mkdir {tdir}/m/o && echo n > {tdir}/m/o/new
 echo x > {tdir}/m/added

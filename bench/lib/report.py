@@ -7,6 +7,7 @@ Ratios are taken against native and against the best peer (fastest non-strata, n
 system) measured in the same run.
 """
 import csv
+import json
 import os
 
 from common import fmt_ratio, fmt_s, human_bytes
@@ -328,10 +329,21 @@ def netfs_section(ctx, results, outdir):
     if plt is not None and lat:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
         labels = [r["system"] for r in lat][::-1]
-        cols = [COLORS["strata"] if r.get("strata") else
+        cols = [COLORS["strata"] if r.get("strata") else COLORS["native"]
+                if r["system"] == "native" else
                 ("#3b6fb6" if r.get("kind") == "image" else "#e0892b") for r in lat][::-1]
-        a1.barh(labels, [max(1, r["extra"]["meta_ops"]) for r in lat][::-1], color=cols)
+        ops = [max(1, r["extra"]["meta_ops"]) for r in lat][::-1]
+        a1.barh(labels, ops, color=cols)
         a1.set_xscale("log")
+        a1.set_xlim(1, max(ops) * 8)
+        for i, v in enumerate(ops):
+            a1.text(v * 1.1, i, str(v), va="center", fontsize=7)
+        from matplotlib.patches import Patch
+        a1.legend(handles=[Patch(color="#e0892b", label="layers as dirs"),
+                           Patch(color="#3b6fb6", label="one image"),
+                           Patch(color=COLORS["strata"], label="strata"),
+                           Patch(color=COLORS["native"], label="flat dir")],
+                  fontsize=7, loc="lower right")
         a1.set_title("storage metadata ops per container start (log)", fontsize=9)
         a2.barh(labels, [med(r) or 0 for r in lat][::-1], color=cols)
         a2.set_title("container start time, s (%d µs per metadata op)" % ctx.lat_us,
@@ -421,3 +433,50 @@ def write(ctx, outdir):
         parts.append("## Not run\n\n" + "\n".join("- %s" % s for s in ctx.skipped) + "\n")
     with open(os.path.join(outdir, "report.md"), "w") as f:
         f.write("\n".join(p for p in parts if p))
+    save(ctx, outdir)
+
+
+SAVED = ("stamp", "quick", "runs", "runs_cold", "elapsed", "machine", "titles", "fs_intro",
+         "netfs_intro", "squash_comps", "netfs_backends", "squash_input", "import_input",
+         "import_bytes", "lat_us", "skipped", "results")
+
+
+def save(ctx, outdir):
+    """results.json: every sample, so a report can be re-rendered (bench/run --report DIR)."""
+    d = {k: getattr(ctx, k) for k in SAVED if hasattr(ctx, k)}
+    d["systems"] = [[s.key, s.label] for s in ctx.systems]
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(d, f, indent=1)
+
+
+def load(ctx, outdir):
+    class Sys:
+        def __init__(self, key, label):
+            self.key, self.label = key, label
+
+    with open(os.path.join(outdir, "results.json")) as f:
+        d = json.load(f)
+    for k, v in d.items():
+        setattr(ctx, k, v)
+    ctx.systems = [Sys(k, lab) for k, lab in d["systems"]]
+
+
+def summary(ctx, results):
+    """What bench/run prints at the end: the targets and, per fs workload, the medians."""
+    out = [targets_section(ctx, results)]
+    tables = by_table(results, "fs")
+    if tables:
+        systems = []
+        for res in tables.values():
+            systems += [r["system"] for r in res if r["system"] not in systems]
+        rows = []
+        for key, res in tables.items():
+            bys = {r["system"]: r for r in res}
+            nat = med(bys["native"]) if "native" in bys else None
+            rows.append([key] + ["%s (%s)" % (fmt_s(med(bys[s])),
+                                              fmt_ratio(ratio(med(bys[s]), nat)))
+                                 if s in bys and med(bys[s]) is not None else "n/a"
+                                 for s in systems])
+        out.append("## fs: median (× native)\n\n" +
+                   md_table(["workload"] + systems, rows))
+    return "\n".join(out)

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -181,4 +182,28 @@ bool sd_valid_digest(const char *d)
 		if (!((d[i] >= '0' && d[i] <= '9') || (d[i] >= 'a' && d[i] <= 'f')))
 			return false;
 	return true;
+}
+
+/* A mount whose options name `needle` (a snapshot directory), e.g. a kernel overlay that a
+ * crash kept strata from recording.  Fills its mount point into mp. */
+bool sd_dir_in_use(const char *needle, char *mp, size_t len)
+{
+	char line[8192];
+	bool found = false;
+	FILE *f;
+
+	f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char *sep = strstr(line, " - ");
+
+		if (!sep || !strstr(sep, needle))
+			continue;
+		found = sscanf(line, "%*s %*s %*s %*s %4095s", line) == 1;
+		if (found)
+			snprintf(mp, len, "%s", line);
+	}
+	fclose(f);
+	return found;
 }

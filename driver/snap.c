@@ -511,6 +511,13 @@ int strata_remove(struct strata *s, const char *key, bool force)
 		ret = sd_err(s, EBUSY, "'%s' is mounted at %s (use --force to unmount)", key, mnt);
 		goto out;
 	}
+	sd_snap_dir(s, sn.id, dir, sizeof(dir));
+	strncat(dir, "/", sizeof(dir) - strlen(dir) - 1);
+	if (sd_dir_in_use(dir, mnt, sizeof(mnt))) {
+		ret = sd_err(s, EBUSY, "'%s' is in use by the mount at %s, which strata did not "
+			     "record; unmount it first", key, mnt);
+		goto out;
+	}
 	ret = exec_id(s, "DELETE FROM labels WHERE snapshot_id = ?", sn.id);
 	if (!ret)
 		ret = exec_id(s, "DELETE FROM snapshots WHERE id = ?", sn.id);

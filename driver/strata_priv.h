@@ -68,6 +68,7 @@ int sd_rm_rf(const char *path);
 int sd_rm_rf_at(int dirfd, const char *name);
 int sd_path(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 bool sd_is_mountpoint(const char *path);
+bool sd_dir_in_use(const char *needle, char *mp, size_t len);
 
 /* sha256.c */
 struct sha256 {

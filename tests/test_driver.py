@@ -175,6 +175,27 @@ def test_mount_write_commit(store, tdir, backend):
     store_dirs_ok(store)
 
 
+@needs_root
+def test_rm_refuses_unrecorded_mount(store, tdir):
+    """A mount strata did not record (say, a crash between mount and record) still keeps
+    its snapshot from being removed."""
+    strata(store, "prepare", "w")
+    strata(store, "commit", "base", "w")
+    opts = strata(store, "prepare", "c", "base").json["mounts"][0]["options"]
+    mnt = tdir / "m"
+    mnt.mkdir()
+    sh("mount", "-t", "overlay", "overlay", "-o",
+       ",".join(o for o in opts if o.split("=")[0] in ("lowerdir", "upperdir", "workdir")),
+       mnt)
+    try:
+        r = strata(store, "rm", "c", ok=False)
+        assert err_code(r) == "EBUSY" and str(mnt) in r.json["error"]["message"]
+    finally:
+        sh("umount", mnt)
+    strata(store, "rm", "c")
+    store_dirs_ok(store)
+
+
 # ---- OCI import / export against umoci --------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,12 @@ def tool(name):
     """Path to a build product, building the test-only tools on demand."""
     path = os.path.join(BUILD, name)
     if not os.path.exists(path) and name == "sqfs-dump":
-        subprocess.run(["make", "-C", REPO, "BUILD=" + BUILD, path], check=True,
-                       stdout=subprocess.DEVNULL)
+        # build-san is what `make SAN=1` builds into (with the sanitizer flags)
+        if os.path.realpath(BUILD) == os.path.realpath(os.path.join(REPO, "build-san")):
+            cmd = ["make", "-C", REPO, "SAN=1", "build-san/" + name]
+        else:
+            cmd = ["make", "-C", REPO, "BUILD=" + BUILD, path]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return path
 
 

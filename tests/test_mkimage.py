@@ -475,3 +475,41 @@ def test_failed_run_keeps_previous_out(tdir):
     p = squash(out, src, tdir / "missing", check=False)
     assert p.returncode == 1
     assert out.read_bytes() == before
+
+
+def test_killed_run_leaves_nothing(tdir):
+    """The image is an unnamed file until it is complete: SIGKILL leaves no trace."""
+    src = build(tdir, [E(f"f{i}", "f", data=os.urandom(256 * KiB)) for i in range(64)])
+    outdir = tdir / "o"
+    outdir.mkdir()
+    from _mkimage import mkimage_bin
+    p = subprocess.Popen([mkimage_bin(), "squash", "-q", "--comp", "xz", "--threads", "1",
+                          "-o", str(outdir / "out.sqfs"), str(src)],
+                         env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    try:
+        p.wait(timeout=0.3)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        assert os.listdir(outdir) == []
+
+
+def test_output_inside_a_layer_is_left_out(tdir):
+    src = build(tdir, [E("a", "f", data=b"a")])
+    squash(src / "out.sqfs", src)
+    squash(src / "out.sqfs", src)       # the old image is in the layer now
+    with kmount(src / "out.sqfs", tdir / "mnt") as m:
+        assert sorted(os.listdir(m)) == ["a"]
+
+
+def test_progress_bar_on_a_tty(tdir):
+    src = build(tdir, [E(f"f{i}", "f", data=os.urandom(64 * KiB)) for i in range(200)])
+    from _mkimage import mkimage_bin
+    cmd = f"{mkimage_bin()} squash --comp gzip -o {tdir}/out.sqfs {src}"
+    p = union.run(["script", "-qec", cmd, "/dev/null"],
+                  env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    assert "files" in p.stdout and "image" in p.stdout   # the summary
+    assert "\x1b[K" in p.stdout and "ETA" in p.stdout      # the bar redraws in place
+    p = union.run(["script", "-qec", cmd + " --quiet", "/dev/null"],
+                  env=dict(os.environ, ASAN_OPTIONS="detect_leaks=0"))
+    assert p.stdout.strip() == ""

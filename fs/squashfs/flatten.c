@@ -570,6 +570,13 @@ static int merge_layer(struct wctx *c, struct fmap *m, struct dsrc *d, const cha
 			free(path);
 			goto out;
 		}
+		if (d->l->root_fd >= 0 && c->skip_ino && st.st_ino == c->skip_ino &&
+		    st.st_dev == c->skip_dev) {
+			free(path);
+			if (!e && !fmap_add(m, name, FE_HIDDEN))
+				goto nomem;
+			continue;
+		}
 		if (wh_is_chardev_whiteout(&st)) {
 			if (e)
 				e->stop = true;

@@ -126,32 +126,72 @@ static int open_layers(struct wctx *c, const char *const *paths, int n)
 	return 0;
 }
 
+/* The image is written to an unnamed file (O_TMPFILE) in OUT's directory, so a crash or a
+ * kill leaves nothing behind and the walk cannot meet it in a layer; it gets a name only
+ * when complete.  Filesystems without O_TMPFILE get a dot-file from mkostemp() instead. */
 static int create_tmp(struct wctx *c)
 {
 	char *dup = strdup(c->out_path), *base = strdup(c->out_path);
-	mode_t um;
+	const char *dir;
 	int ret = 0;
 
-	if (!dup || !base || asprintf(&c->tmp_path, "%s/.%s.tmpXXXXXX", dirname(dup),
-				      basename(base)) < 0) {
+	if (!dup || !base) {
+		ret = wr_error(c, -ENOMEM, "out of memory");
+		goto out;
+	}
+	dir = dirname(dup);
+	if (asprintf(&c->tmp_path, "%s/.%s.tmpXXXXXX", dir, basename(base)) < 0) {
 		c->tmp_path = NULL;
 		ret = wr_error(c, -ENOMEM, "out of memory");
+		goto out;
+	}
+	c->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (c->fd >= 0) {
+		c->tmp_anon = true;
+		goto out;
+	}
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+		ret = wr_error(c, -errno, "cannot create %s", c->out_path);
 		goto out;
 	}
 	c->fd = mkostemp(c->tmp_path, O_CLOEXEC);
 	if (c->fd < 0) {
 		ret = wr_error(c, -errno, "cannot create %s", c->tmp_path);
-		free(c->tmp_path);
-		c->tmp_path = NULL;
 		goto out;
 	}
-	um = umask(0);
-	umask(um);
-	fchmod(c->fd, 0644 & ~um);
+	c->tmp_named = true;
+	fchmod(c->fd, 0644);
 out:
 	free(dup);
 	free(base);
 	return ret;
+}
+
+/* Give the finished image its name: link the unnamed file under a temporary name (linkat
+ * cannot replace OUT), then rename that over OUT. */
+static int publish(struct wctx *c)
+{
+	char proc[64];
+
+	if (c->tmp_anon) {
+		size_t n = strlen(c->tmp_path);
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", c->fd);
+		for (unsigned i = 0;; i++) {
+			/* fill the XXXXXX with something unlikely to exist */
+			snprintf(c->tmp_path + n - 6, 7, "%06x",
+				 (unsigned)(((uint64_t)getpid() * 2654435761u + wr_now_ns() + i) &
+					    0xFFFFFF));
+			if (!linkat(AT_FDCWD, proc, AT_FDCWD, c->tmp_path, AT_SYMLINK_FOLLOW))
+				break;
+			if (errno != EEXIST || i > 100)
+				return wr_error(c, -errno, "cannot create %s", c->out_path);
+		}
+		c->tmp_named = true;
+	}
+	if (rename(c->tmp_path, c->out_path))
+		return wr_error(c, -errno, "cannot rename %s to %s", c->tmp_path, c->out_path);
+	c->tmp_named = false;
+	return 0;
 }
 
 static int finish_image(struct wctx *c, struct sqfs_super *sb, const void *opts,
@@ -213,7 +253,7 @@ static void cleanup(struct wctx *c, bool failed)
 {
 	if (c->fd >= 0)
 		close(c->fd);
-	if (failed && c->tmp_path)
+	if (failed && c->tmp_named)
 		unlink(c->tmp_path);
 	free(c->tmp_path);
 	wr_free_tree(c);
@@ -251,6 +291,13 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 	if (ret)
 		return ret;
 	sqfs_codec_check(&opts.codec, err, errlen);     /* fills in the default level */
+	{
+		struct stat ost;
+		if (!stat(out, &ost) && S_ISREG(ost.st_mode)) {
+			c.skip_dev = ost.st_dev;
+			c.skip_ino = ost.st_ino;
+		}
+	}
 	ret = open_layers(&c, layers, n);
 	if (!ret)
 		ret = create_tmp(&c);
@@ -275,16 +322,9 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 		ret = finish_image(&c, &sb, copts, optlen);
 	if (ret)
 		goto out;
-	if (close(c.fd)) {
-		c.fd = -1;
-		ret = wr_error(&c, -errno, "cannot write %s", out);
+	ret = publish(&c);
+	if (ret)
 		goto out;
-	}
-	c.fd = -1;
-	if (rename(c.tmp_path, out)) {
-		ret = wr_error(&c, -errno, "cannot rename %s to %s", c.tmp_path, out);
-		goto out;
-	}
 	st->seconds = (double)(wr_now_ns() - c.start_ns) / 1e9;
 	wr_progress(&c, 1);
 out:

@@ -128,7 +128,10 @@ struct wctx {
 
 	/* output */
 	const char *out_path;        /* what the user asked for, for messages */
-	char *tmp_path;              /* what is being written */
+	char *tmp_path;              /* name of the file being written, once it has one */
+	bool tmp_anon, tmp_named;
+	dev_t skip_dev;              /* an existing OUT: never put the old image in the new */
+	ino_t skip_ino;
 	int fd;
 	uint64_t pos;                /* end of what has been written */
 	struct sqfs_fragment_entry *frags;   /* host order; filled by the data writer */

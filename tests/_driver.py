@@ -215,3 +215,34 @@ def store_dirs_ok(root):
     c = strata(root, "check", ok=None)
     assert c.rc == 0 and c.json["ok"], c
     return r.json
+
+
+def write_oci_layout(d, layers, tag="t"):
+    """An OCI image layout from layer blobs: [(path, digest, diff_id, mediaType)]."""
+    d = Path(d)
+    blobs = d / "blobs/sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data):
+        dg = hashlib.sha256(data).hexdigest()
+        (blobs / dg).write_bytes(data)
+        return {"digest": "sha256:" + dg, "size": len(data)}
+
+    descs = []
+    for path, digest, diff_id, mt in layers:
+        data = Path(path).read_bytes()
+        desc = put(data)
+        assert desc["digest"] == digest
+        descs.append(dict(desc, mediaType=mt))
+    cfg = {"architecture": "amd64", "os": "linux", "config": {},
+           "rootfs": {"type": "layers", "diff_ids": [l[2] for l in layers]}}
+    cdesc = dict(put(json.dumps(cfg).encode()),
+                 mediaType="application/vnd.oci.image.config.v1+json")
+    man = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+           "config": cdesc, "layers": descs}
+    mdesc = dict(put(json.dumps(man).encode()),
+                 mediaType="application/vnd.oci.image.manifest.v1+json",
+                 annotations={"org.opencontainers.image.ref.name": tag})
+    (d / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    (d / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    return d

@@ -19,7 +19,7 @@ import pytest
 
 from _driver import (STRATA, STRATAFS, change_rootfs_1, change_rootfs_2, diff_trees,
                      err_code, make_rootfs, sh, store_dirs_ok, strata, tree, umoci_image,
-                     umoci_unpack)
+                     umoci_unpack, write_oci_layout)
 
 pytestmark = pytest.mark.skipif(not STRATA.exists(), reason=f"{STRATA} not built")
 
@@ -288,6 +288,31 @@ def test_export_reimport_and_determinism(store, tdir, oci_image):
     store_dirs_ok(other)
 
 
+@needs_root
+def test_export_read_by_umoci(store, tdir, oci_image):
+    """Our exports, put in an OCI layout by hand, unpack with umoci to the same tree: the
+    whiteouts and opaque markers we write are the ones other tools read."""
+    img, ref = oci_image
+    strata(store, "image", "import", f"{img}:t", "img")
+    chain = []
+    key = "img"
+    while key:
+        chain.insert(0, key)
+        key = strata(store, "stat", key).json["parent"]
+    layers = []
+    for i, key in enumerate(chain):
+        out = tdir / f"l{i}.tar.gz"
+        r = strata(store, "export", key, "-o", out, "--compress", "gzip").json
+        layers.append((out, r["digest"], r["diff_id"], r["mediaType"]))
+    layout = write_oci_layout(tdir / "mine", layers)
+    got = umoci_unpack(layout, tdir / "unpacked")
+    assert diff_trees(tree(ref), tree(got)) == []
+    # and strata reads its own layout back, by ref
+    other = tdir / "other"
+    assert strata(other, "image", "import", f"{layout}:t").json["name"] == "t"
+    assert diff_trees(tree(ref), mount_tree(other, "t", tdir / "mnt")) == []
+
+
 def test_image_import_refuses_bad_layouts(store, tdir, oci_image):
     img, _ = oci_image
     bad = tdir / "bad"
@@ -367,8 +392,17 @@ def test_import_whiteouts_and_opaque(store, tdir):
     out = tdir / "top-export.tar"
     strata(store, "export", "top", "-o", out)
     names = tarfile.open(out).getnames()
-    assert "a/.wh..wh..opq" in names and ".wh.gone" in names and "b/.wh.keep" in names
+    assert "a/.wh..wh..opq" in names and "b/.wh.keep" in names and ".wh.gone" in names
     assert "a/new" in names and "b/added" in names
+    # umoci applies our export (opaque directory included) the way the overlay shows it
+    layers = []
+    for i, key in enumerate(["base", "top"]):
+        o = tdir / f"e{i}.tar.gz"
+        r = strata(store, "export", key, "-o", o, "--compress", "gzip").json
+        layers.append((o, r["digest"], r["diff_id"], r["mediaType"]))
+    layout = write_oci_layout(tdir / "layout", layers)
+    got = umoci_unpack(layout, tdir / "u")
+    assert diff_trees(t, tree(got)) == []
 
 
 # ---- malicious and broken input ---------------------------------------------------------

@@ -23,6 +23,7 @@ from _driver import (STRATA, STRATAFS, change_rootfs_1, change_rootfs_2, diff_tr
 
 pytestmark = pytest.mark.skipif(not STRATA.exists(), reason=f"{STRATA} not built")
 
+REPO_DRIVER = Path(__file__).resolve().parent.parent / "driver"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
@@ -779,3 +780,53 @@ def test_import_odd_but_valid_names_and_pax_xattrs(store, tdir):
     assert os.getxattr(fs / "a/b/c", "user.k") == b"v1"
     # overlay-private xattrs from a tar are dropped: a layer cannot fake an opaque dir
     assert "trusted.overlay.opaque" not in os.listxattr(fs / "a/b/c")
+
+
+def test_library_api(tdir):
+    """A runtime links libstrata-driver instead of exec'ing: the public header stands alone."""
+    lib = STRATA.parent / "libstrata-driver.a"
+    if not lib.exists() or not shutil.which("cc"):
+        pytest.skip("no library or compiler")
+    src = tdir / "use.c"
+    src.write_text(r"""
+#include <stdio.h>
+#include <string.h>
+#include "strata.h"
+static int count(const struct strata_snapshot *sn, void *ctx) { (void)sn; ++*(int *)ctx; return 0; }
+int main(int argc, char **argv)
+{
+	struct strata *s;
+	struct strata_snapshot sn;
+	struct strata_mount_spec m;
+	struct strata_label l = { "k", "v" };
+	char err[512];
+	int n = 0;
+	(void)argc;
+	if (strata_open(argv[1], &s, err, sizeof(err))) { fprintf(stderr, "%s\n", err); return 1; }
+	if (strata_prepare(s, "a", NULL, &l, 1) || strata_commit(s, "base", "a", NULL, 0) ||
+	    strata_prepare(s, "c", "base", NULL, 0) ||
+	    strata_mounts(s, "c", STRATA_BACKEND_FUSE, &m) || strata_stat(s, "c", &sn)) {
+		fprintf(stderr, "%s\n", strata_errmsg(s));
+		return 1;
+	}
+	printf("%s %s %s %s\n", m.type, sn.parent, strata_kind_name(sn.kind), m.options[0]);
+	strata_mount_spec_free(&m);
+	strata_snapshot_free(&sn);
+	if (strata_prepare(s, "c", "base", NULL, 0) != -17) return 2;
+	printf("%s\n", strata_errmsg(s));
+	strata_walk(s, count, &n);
+	printf("%d\n", n);
+	strata_close(s);
+	return 0;
+}
+""")
+    libs = sh("pkg-config", "--libs", "fuse3", "liblz4", "libxxhash", "libzstd", "zlib",
+              "liblzma", "libarchive", "json-c", "sqlite3").stdout.split()
+    exe = tdir / "use"
+    san = ["-fsanitize=address,undefined"] if "san" in STRATA.parent.name else []
+    sh("cc", *san, "-I", REPO_DRIVER, "-o", exe, src, lib, STRATA.parent / "libstrata.a",
+       *libs, "-lattr", "-lacl", "-lpthread", "-lm")
+    out = sh(exe, tdir / "store").stdout.splitlines()
+    assert out[0].startswith("fuse3.stratafs base active lowerdir=")
+    assert out[1] == "snapshot 'c' already exists"
+    assert out[2] == "2"

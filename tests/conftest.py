@@ -6,6 +6,7 @@ umount, then umount -l -- and its daemons are ended by pid before the directory 
 """
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,7 +41,7 @@ def _session_tmp():
 @pytest.fixture
 def tdir(_session_tmp, request):
     """A fresh world-traversable directory; all mounts below it are removed afterwards."""
-    name = request.node.name.replace("/", "_")[:60]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:60]
     d = Path(tempfile.mkdtemp(prefix=name + "-", dir=_session_tmp))
     os.chmod(d, 0o755)
     yield d

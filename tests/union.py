@@ -400,12 +400,12 @@ def read_xattrs(path):
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
-        return {"<listxattr>": errno.errorcode.get(e.errno, e.errno)}
+        return {"<listxattr>": ename(e.errno)}
     for n in sorted(names):
         try:
             out[n] = os.getxattr(path, n, follow_symlinks=False)
         except OSError as e:
-            out[n] = "E" + errno.errorcode.get(e.errno, str(e.errno))
+            out[n] = ename(e.errno)
     return out
 
 
@@ -432,7 +432,7 @@ def _entry(path, st, content=True, times=True):
             try:
                 e["sha"] = file_hash(path)
             except OSError as ex:
-                e["sha"] = "E" + errno.errorcode.get(ex.errno, str(ex.errno))
+                e["sha"] = ename(ex.errno)
     elif t == "l":
         e["target"] = os.readlink(path)
     elif t in "cb":
@@ -576,7 +576,7 @@ def strip(snap, *fields, paths=None):
 # recording operations
 
 def ename(e):
-    return "E" + errno.errorcode.get(e, str(e))
+    return errno.errorcode.get(e, "E" + str(e))
 
 
 class Log:
@@ -615,7 +615,7 @@ def as_user(uid, gid, body, root, groups=(), timeout=60):
         "        v = fn(*a, **kw)\n"
         "        v = v if isinstance(v, (int, str, bool, type(None), list)) else repr(v)\n"
         "    except OSError as e:\n"
-        "        v = 'E' + errno.errorcode.get(e.errno, str(e.errno))\n"
+        "        v = errno.errorcode.get(e.errno, 'E' + str(e.errno))\n"
         "    out.append([label, v])\n"
         "    return v\n"
         "def write(path, data, flags=os.O_WRONLY|os.O_CREAT|os.O_TRUNC, mode=0o644):\n"

@@ -638,7 +638,10 @@ def test_squash(store, tdir, oci_image):
 
 @needs_root
 @pytest.mark.runtime
-def test_runc_on_strata_snapshot(store, tdir):
+@pytest.mark.parametrize("backend", ["kernel", "fuse"])
+def test_runc_on_strata_snapshot(store, tdir, backend):
+    if backend == "fuse" and not STRATAFS.exists():
+        pytest.skip("stratafs not built")
     busybox = shutil.which("busybox")
     if not busybox or not shutil.which("runc"):
         pytest.skip("needs busybox-static and runc")
@@ -660,7 +663,7 @@ def test_runc_on_strata_snapshot(store, tdir):
     bundle = tdir / "bundle"
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True)
-    strata(store, "mount", "ctr", rootfs)
+    strata(store, "mount", "ctr", rootfs, "--backend", backend)
     try:
         sh("runc", "spec", "--bundle", bundle)
         cfg = json.loads((bundle / "config.json").read_text())

@@ -602,3 +602,39 @@ def test_error_layer_not_an_image(tdir):
     assert p.returncode == 1
     assert "junk.tar" in p.stderr and "neither a directory nor a SquashFS image" in p.stderr
     assert leftovers(tdir) == []
+
+
+def test_nfs_export_table_file_handles(tdir):
+    """The kernel turns file handles back into inodes through the export table: encode a
+    handle for files and directories of the mounted image, then open by handle."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class FH(ctypes.Structure):
+        _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                    ("f_handle", ctypes.c_ubyte * 128)]
+
+    src = build(tdir, [E(f"d{i}/f{j}", "f", data=f"{i}-{j}".encode())
+                       for i in range(30) for j in range(40)])
+    img = tdir / "out.sqfs"
+    squash(img, src)
+    with kmount(img, tdir / "mnt") as m:
+        mfd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for rel in ["d0/f0", "d17/f23", "d29/f39", "d5", "."]:
+                fh = FH(handle_bytes=128)
+                mid = ctypes.c_int()
+                r = libc.name_to_handle_at(-100, str(m / rel).encode(), ctypes.byref(fh),
+                                           ctypes.byref(mid), 0)
+                assert r == 0, (rel, os.strerror(ctypes.get_errno()))
+                fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), os.O_RDONLY)
+                assert fd >= 0, (rel, os.strerror(ctypes.get_errno()))
+                try:
+                    assert os.fstat(fd).st_ino == os.lstat(m / rel).st_ino
+                    if rel.startswith("d") and "/" in rel:
+                        i, j = rel[1:].split("/f")
+                        assert os.read(fd, 100) == f"{i}-{j}".encode()
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(mfd)

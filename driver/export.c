@@ -24,6 +24,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "layer/layer.h"
 #include "overlay/whiteout.h"
 #include "strata_priv.h"
 
@@ -392,6 +393,199 @@ static int walk(struct exp *x, int fd, const char *rel, int depth)
 	return ret;
 }
 
+/* Squashed layers are read through the layer interface (the SquashFS reader): the image
+ * holds a flattened tree, so its export is the whole tree against nothing. */
+struct lnames {
+	char **v;
+	size_t n, cap;
+	int err;
+};
+
+static int lnames_add(void *ctx, const char *name, unsigned char d_type, uint64_t ino)
+{
+	struct lnames *ln = ctx;
+
+	(void)d_type;
+	(void)ino;
+	if (ln->n == ln->cap) {
+		size_t cap = ln->cap ? ln->cap * 2 : 32;
+		char **v = realloc(ln->v, cap * sizeof(*v));
+
+		if (!v)
+			return ln->err = -ENOMEM;
+		ln->v = v;
+		ln->cap = cap;
+	}
+	ln->v[ln->n] = strdup(name);
+	if (!ln->v[ln->n])
+		return ln->err = -ENOMEM;
+	ln->n++;
+	return 0;
+}
+
+static int lexp_xattrs(struct exp *x, struct layer *l, const struct lnode *n, const char *path)
+{
+	char *list, *names[256];
+	ssize_t len = l->ops->listxattr(l, n, NULL, 0);
+	size_t cnt = 0, i;
+	int ret = 0;
+
+	if (len <= 0)
+		return 0;
+	list = malloc((size_t)len);
+	if (!list)
+		return sd_err(x->s, ENOMEM, "out of memory");
+	len = l->ops->listxattr(l, n, list, (size_t)len);
+	for (i = 0; len > 0 && i < (size_t)len && cnt < 256; i += strlen(list + i) + 1)
+		if (!wh_xattr_is_private(list + i))
+			names[cnt++] = list + i;
+	if (cnt)
+		qsort(names, cnt, sizeof(*names), cmp_str);
+	for (i = 0; i < cnt && !ret; i++) {
+		char val[65536];
+		ssize_t vl = l->ops->getxattr(l, n, names[i], val, sizeof(val));
+
+		if (vl < 0)
+			ret = xerr(x, path, (int)-vl);
+		else
+			archive_entry_xattr_add_entry(x->e, names[i], val, (size_t)vl);
+	}
+	free(list);
+	return ret;
+}
+
+static int lexp_data(struct exp *x, struct layer *l, const struct lnode *n, const char *path,
+		     off_t size)
+{
+	struct layer_file *f;
+	off_t off = 0;
+	int ret = l->ops->open(l, n, O_RDONLY, &f);
+
+	if (ret)
+		return xerr(x, path, -ret);
+	while (off < size) {
+		ssize_t got = l->ops->read(f, x->dbuf, EXP_BUF, off);
+
+		if (got <= 0) {
+			ret = got ? xerr(x, path, (int)-got) : xerr(x, path, EIO);
+			break;
+		}
+		if (archive_write_data(x->a, x->dbuf, (size_t)got) != got) {
+			ret = aerr(x, path);
+			break;
+		}
+		off += got;
+	}
+	l->ops->close(f);
+	return ret;
+}
+
+static int lexp_entry(struct exp *x, struct layer *l, const struct lnode *n, const char *path,
+		      const struct stat *st)
+{
+	const char *first = NULL;
+	char target[PATH_MAX];
+	int ret;
+
+	if (wh_is_chardev_whiteout(st))
+		return 0;       /* a flattened tree has nothing to hide */
+	archive_entry_clear(x->e);
+	archive_entry_set_pathname(x->e, path);
+	archive_entry_set_mode(x->e, st->st_mode);
+	archive_entry_set_uid(x->e, st->st_uid);
+	archive_entry_set_gid(x->e, st->st_gid);
+	archive_entry_set_mtime(x->e, st->st_mtim.tv_sec, st->st_mtim.tv_nsec);
+	if (S_ISREG(st->st_mode) && st->st_nlink > 1)
+		first = link_seen(x, st, path);
+	if (first) {
+		archive_entry_set_hardlink(x->e, first);
+		archive_entry_set_size(x->e, 0);
+	} else if (S_ISREG(st->st_mode)) {
+		archive_entry_set_size(x->e, st->st_size);
+	} else if (S_ISLNK(st->st_mode)) {
+		ret = l->ops->readlink(l, n, target, sizeof(target) - 1);
+		if (ret < 0)
+			return xerr(x, path, -ret);
+		target[ret] = 0;
+		archive_entry_set_symlink(x->e, target);
+	} else if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) {
+		archive_entry_set_rdev(x->e, st->st_rdev);
+	}
+	ret = lexp_xattrs(x, l, n, path);
+	if (ret)
+		return ret;
+	if (archive_write_header(x->a, x->e) != ARCHIVE_OK)
+		return aerr(x, path);
+	if (S_ISREG(st->st_mode) && !first)
+		return lexp_data(x, l, n, path, st->st_size);
+	return 0;
+}
+
+static int lexp_walk(struct exp *x, struct layer *l, const struct lnode *dir, int depth)
+{
+	struct lnames ln = { 0 };
+	size_t i;
+	int ret;
+
+	if (depth > 1024)
+		return sd_err(x->s, ELOOP, "export: directories nested too deep at %s", dir->path);
+	ret = l->ops->readdir(l, dir, lnames_add, &ln);
+	if (ln.err)
+		ret = ln.err;
+	if (ret < 0)
+		ret = xerr(x, *dir->path ? dir->path : ".", -ret);
+	if (!ret && ln.n)
+		qsort(ln.v, ln.n, sizeof(*ln.v), cmp_str);
+	for (i = 0; i < ln.n && !ret; i++) {
+		char path[PATH_MAX];
+		struct lnode child;
+		struct stat st;
+
+		if (snprintf(path, sizeof(path), "%s%s%s", dir->path, *dir->path ? "/" : "",
+			     ln.v[i]) >= (int)sizeof(path)) {
+			ret = sd_err(x->s, ENAMETOOLONG, "export: path too long under %s",
+				     dir->path);
+			break;
+		}
+		child.path = path;
+		child.ref = 0;
+		ret = l->ops->lookup(l, dir, ln.v[i], &child, &st);
+		if (ret) {
+			ret = xerr(x, path, -ret);
+			break;
+		}
+		ret = lexp_entry(x, l, &child, path, &st);
+		if (!ret && S_ISDIR(st.st_mode))
+			ret = lexp_walk(x, l, &child, depth + 1);
+	}
+	for (i = 0; i < ln.n; i++)
+		free(ln.v[i]);
+	free(ln.v);
+	return ret;
+}
+
+static int export_image(struct exp *x, const char *img)
+{
+	struct lnode root = { "", 0 };
+	char err[512] = "";
+	struct layer *l;
+	struct stat st;
+	int ret;
+
+	l = layer_image_open(img, 0, err, sizeof(err));
+	if (!l)
+		return sd_err(x->s, EIO, "export: %s", err[0] ? err : img);
+	ret = l->ops->getattr(l, &root, &st);
+	if (ret)
+		ret = xerr(x, ".", -ret);
+	else
+		ret = lexp_entry(x, l, &root, "./", &st);
+	if (!ret)
+		ret = lexp_walk(x, l, &root, 0);
+	layer_close(l);
+	return ret;
+}
+
 static int exp_setup(struct exp *x)
 {
 	x->cbuf = malloc(EXP_BUF);
@@ -451,11 +645,11 @@ int strata_export(struct strata *s, const char *key, int fd, enum strata_compres
 	ret = sd_lookup(s, key, &sn);
 	if (ret)
 		return ret;
-	if (sn.image)
-		return sd_err(s, EOPNOTSUPP, "'%s' is a squashed image layer; export needs a "
-			      "directory layer", key);
 	sd_snap_content(s, &sn, path, sizeof(path));
-	rfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (sn.image)
+		rfd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	else
+		rfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (rfd < 0)
 		return sd_err(s, errno, "%s: %s", path, strerror(errno));
 	sha256_init(&x.tar);
@@ -468,13 +662,15 @@ int strata_export(struct strata *s, const char *key, int fd, enum strata_compres
 	ret = exp_setup(&x);
 	if (ret)
 		goto out;
-	if (fstat(rfd, &st)) {
+	if (sn.image) {
+		ret = export_image(&x, path);
+	} else if (fstat(rfd, &st)) {
 		ret = xerr(&x, ".", errno);
-		goto out;
+	} else {
+		ret = write_entry(&x, rfd, ".", "./", &st);
+		if (!ret)
+			ret = walk(&x, rfd, "", 0);
 	}
-	ret = write_entry(&x, rfd, ".", "./", &st);
-	if (!ret)
-		ret = walk(&x, rfd, "", 0);
 	if (ret)
 		goto out;
 	if (archive_write_close(x.a) != ARCHIVE_OK) {

@@ -478,8 +478,17 @@ int strata_umount(struct strata *s, const char *target)
 	if (ret)
 		return ret;
 	if (sd_is_mountpoint(real)) {
-		if (umount2(real, 0) && !(!strcmp(backend, "fuse") && fusermount_u(real) == 0))
-			return sd_err(s, errno, "umount %s: %s", real, strerror(errno));
+		int e = 0;
+
+		if (umount2(real, 0))
+			e = errno;
+		/* a FUSE daemon that died leaves ENOTCONN behind: nothing to flush, detach */
+		if (e == ENOTCONN && umount2(real, MNT_DETACH) == 0)
+			e = 0;
+		if (e && !strcmp(backend, "fuse") && fusermount_u(real) == 0)
+			e = 0;
+		if (e)
+			return sd_err(s, e, "umount %s: %s", real, strerror(e));
 	}
 	return forget_mount(s, real);
 }

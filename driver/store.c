@@ -254,7 +254,9 @@ bool sd_is_mountpoint(const char *path)
 	bool found = false;
 	FILE *f;
 
-	if (!realpath(path, want))
+	/* a dead FUSE mount (ENOTCONN) cannot be resolved, but is still a mount point */
+	if (!realpath(path, want) && (path[0] != '/' ||
+				      snprintf(want, sizeof(want), "%s", path) >= (int)sizeof(want)))
 		return false;
 	f = fopen("/proc/self/mountinfo", "re");
 	if (!f)

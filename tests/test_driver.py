@@ -839,3 +839,36 @@ int main(int argc, char **argv)
     assert out[0].startswith("fuse3.stratafs base active lowerdir=")
     assert out[1] == "snapshot 'c' already exists"
     assert out[2] == "2"
+
+
+@needs_root
+def test_umount_after_stratafs_died(store, tdir):
+    if not STRATAFS.exists():
+        pytest.skip("stratafs not built")
+    strata(store, "prepare", "w")
+    strata(store, "commit", "base", "w")
+    strata(store, "prepare", "c", "base")
+    mnt = tdir / "m"
+    mnt.mkdir()
+    strata(store, "mount", "c", mnt, "--backend", "fuse")
+    pids = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pid.isdigit() and str(mnt).encode() in cmd and b"stratafs" in cmd[0]:
+            pids.append(int(pid))
+    assert pids, "no stratafs process for the mount"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.stat(mnt)
+        except OSError:
+            break       # ENOTCONN: the daemon is gone
+        time.sleep(0.1)
+    strata(store, "rm", "c", "--force")
+    assert not mounted(mnt)
+    store_dirs_ok(store)

@@ -732,6 +732,7 @@ static void free_node(struct wnode *n)
 	free(n->symlink);
 	free(n->src);
 	free(n->blocks);
+	free(n->pre);
 	free(n);
 }
 

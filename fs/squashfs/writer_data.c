@@ -80,7 +80,24 @@ struct pipe {
 
 	/* writer-owned */
 	unsigned char *wbuf1, *wbuf2;
+
+	/* prefetch threads: read whole small files ahead of the reader, in parallel */
+	pthread_mutex_t pf_mu;
+	pthread_cond_t pf_cv;       /* prefetchers wait here */
+	pthread_cond_t rd_cv;       /* the reader waits here */
+	int pf_waiting;
+	bool rd_waiting;
+	pthread_t *pf;
+	int npf, pf_started;
+	size_t pf_next;          /* next file index not yet claimed by anyone */
+	size_t rd_index;         /* the reader's file index */
+	uint64_t pf_bytes;       /* bytes held in prefetch buffers */
+	bool pf_quit;
 };
+
+enum { PF_NONE, PF_CLAIMED, PF_READY, PF_SKIPPED };
+#define PF_WINDOW 4096           /* files ahead of the reader */
+#define PF_BUDGET (16u << 20)    /* bytes held ahead of the reader */
 
 /* ---- dedup tables ----------------------------------------------------------------- */
 
@@ -520,6 +537,106 @@ static int end_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 	return dd_add(&p->files, f->size, h, f);
 }
 
+/* ---- prefetch ------------------------------------------------------------------------ */
+
+/* Read all of a small file without reporting: the reader reports errors in order. */
+static int read_whole(struct wnode *f, unsigned char *buf)
+{
+	struct lnode ln = { .path = f->src, .ref = f->ref };
+	struct layer_file *lf;
+	size_t got = 0;
+	int ret = f->layer->ops->open(f->layer, &ln, O_RDONLY, &lf);
+
+	if (ret < 0)
+		return ret;
+	while (got < f->size) {
+		ssize_t n = f->layer->ops->read(lf, buf + got, f->size - got, (off_t)got);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0) {
+			ret = n < 0 ? (int)n : -ENODATA;
+			break;
+		}
+		got += (size_t)n;
+	}
+	f->layer->ops->close(lf);
+	return ret;
+}
+
+static void *prefetch_main(void *arg)
+{
+	struct pipe *p = arg;
+	int err;
+
+	pthread_mutex_lock(&p->pf_mu);
+	for (;;) {
+		while (!p->pf_quit && (p->pf_next >= p->rd_index + PF_WINDOW ||
+				       p->pf_bytes >= PF_BUDGET)) {
+			p->pf_waiting++;
+			pthread_cond_wait(&p->pf_cv, &p->pf_mu);
+			p->pf_waiting--;
+		}
+		if (p->pf_quit)
+			break;
+		size_t j = p->pf_next++;
+		pthread_mutex_unlock(&p->pf_mu);
+
+		struct wnode *f = wr_next_file(p->c, j, &err);
+		unsigned char *buf = NULL;
+		int rerr = 0;
+		bool small = f && f->size > 0 && f->size < p->bs;
+
+		if (small) {
+			buf = malloc(f->size);
+			rerr = buf ? read_whole(f, buf) : -ENOMEM;
+		}
+		pthread_mutex_lock(&p->pf_mu);
+		if (!f)
+			break;              /* the walk is over (or failed): nothing left */
+		if (small) {
+			f->pre = buf;
+			f->pre_err = rerr;
+			p->pf_bytes += f->size;
+		}
+		f->pre_state = small ? PF_READY : PF_SKIPPED;
+		if (p->rd_waiting)
+			pthread_cond_signal(&p->rd_cv);
+	}
+	pthread_mutex_unlock(&p->pf_mu);
+	return NULL;
+}
+
+/* The reader is at file i: take its prefetched bytes, or claim it for itself. */
+static void prefetch_take(struct pipe *p, size_t i, struct wnode *f)
+{
+	pthread_mutex_lock(&p->pf_mu);
+	p->rd_index = i;
+	if (i >= p->pf_next)
+		p->pf_next = i + 1;         /* not claimed yet: the reader reads it itself */
+	else
+		while (f->pre_state != PF_READY && f->pre_state != PF_SKIPPED) {
+			p->rd_waiting = true;
+			pthread_cond_wait(&p->rd_cv, &p->pf_mu);
+			p->rd_waiting = false;
+		}
+	if (p->pf_waiting)
+		pthread_cond_signal(&p->pf_cv);     /* the window moved by one */
+	pthread_mutex_unlock(&p->pf_mu);
+}
+
+static void prefetch_release(struct pipe *p, struct wnode *f)
+{
+	if (f->pre_state != PF_READY)
+		return;
+	free(f->pre);
+	f->pre = NULL;
+	pthread_mutex_lock(&p->pf_mu);
+	p->pf_bytes -= f->size;
+	if (p->pf_waiting)
+		pthread_cond_signal(&p->pf_cv);
+	pthread_mutex_unlock(&p->pf_mu);
+}
+
 /* Holes of a host file, found with SEEK_DATA/SEEK_HOLE so that they are never read: a
  * sparse file of many GiB costs a few syscalls.  Without a host fd (image layers) every
  * block is read and zero blocks are still found by looking at them. */
@@ -572,6 +689,13 @@ static int stream_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 		return wr_error(c, -ENOMEM, "out of memory");
 	if (!f->size)
 		return 0;
+	if (f->pre_state == PF_READY) {
+		if (f->pre_err)
+			return wr_error(c, f->pre_err, "cannot read %s/%s", f->layer->spec, f->src);
+		memcpy(p->tailbuf, f->pre, tail);
+		__atomic_add_fetch(&c->st->bytes_in, tail, __ATOMIC_RELAXED);
+		return add_tail(p, f, tail);
+	}
 	ret = open_src(c, f, &lf);
 	if (ret)
 		return ret;
@@ -652,6 +776,12 @@ static int pipe_start(struct pipe *p)
 	pthread_cond_init(&p->work_cv, NULL);
 	pthread_cond_init(&p->done_cv, NULL);
 	pthread_cond_init(&p->free_cv, NULL);
+	pthread_mutex_init(&p->pf_mu, NULL);
+	pthread_cond_init(&p->pf_cv, NULL);
+	pthread_cond_init(&p->rd_cv, NULL);
+	/* I/O latency, not CPU, is what prefetching hides: a few threads even on few cores */
+	p->npf = p->nworkers < 2 ? 2 : (p->nworkers > 4 ? 4 : p->nworkers);
+	p->pf = calloc(p->npf, sizeof(*p->pf));
 	p->ring = calloc(p->cap, sizeof(*p->ring));
 	p->workers = calloc(p->nworkers, sizeof(*p->workers));
 	p->codecs = calloc(p->nworkers, sizeof(*p->codecs));
@@ -660,7 +790,7 @@ static int pipe_start(struct pipe *p)
 	p->cmpbuf = malloc(p->bs);
 	p->wbuf1 = malloc(p->bs);
 	p->wbuf2 = malloc(p->bs);
-	if (!p->ring || !p->workers || !p->codecs || !p->fragbuf || !p->tailbuf ||
+	if (!p->ring || !p->pf || !p->workers || !p->codecs || !p->fragbuf || !p->tailbuf ||
 	    !p->cmpbuf || !p->wbuf1 || !p->wbuf2)
 		return wr_error(c, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < p->cap; i++) {
@@ -699,6 +829,10 @@ static void pipe_free(struct pipe *p)
 	pthread_cond_destroy(&p->work_cv);
 	pthread_cond_destroy(&p->done_cv);
 	pthread_cond_destroy(&p->free_cv);
+	pthread_mutex_destroy(&p->pf_mu);
+	pthread_cond_destroy(&p->pf_cv);
+	pthread_cond_destroy(&p->rd_cv);
+	free(p->pf);
 }
 
 /* Stop the threads; on error wake everyone, else let them drain the ring. */
@@ -751,17 +885,31 @@ int wr_write_data(struct wctx *c)
 	}
 	p.writer_started = true;
 
+	for (size_t i = 0; i < (size_t)p.npf; i++) {
+		if (pthread_create(&p.pf[i], NULL, prefetch_main, &p))
+			break;              /* fewer prefetchers only cost speed */
+		p.pf_started++;
+	}
+
 	for (size_t i = 0; !ret; i++) {
 		struct wnode *f = wr_next_file(c, i, &ret);
 		if (!f)
 			break;
+		prefetch_take(&p, i, f);
 		ret = stream_file(&p, f, hs);
+		prefetch_release(&p, f);
 		c->st->files_done++;
 		wr_progress(c, 0);
 	}
 	if (!ret)
 		ret = flush_frag(&p);
 out:
+	pthread_mutex_lock(&p.pf_mu);
+	p.pf_quit = true;
+	pthread_cond_broadcast(&p.pf_cv);
+	pthread_mutex_unlock(&p.pf_mu);
+	for (int i = 0; i < p.pf_started; i++)
+		pthread_join(p.pf[i], NULL);
 	ret = pipe_join(&p, ret, wa);
 	c->nfrags = p.nfrags;
 out_free:

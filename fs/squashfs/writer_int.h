@@ -56,6 +56,10 @@ struct wnode {
 	uint32_t frag_idx, frag_off; /* SQFS_INVALID_FRAG when no tail */
 	uint64_t sparse;
 	bool data_started;
+	/* small files read ahead by a prefetch thread (writer_data.c) */
+	unsigned char *pre;
+	int pre_err;
+	int8_t pre_state;
 
 	/* inode table */
 	uint32_t ino;

@@ -690,7 +690,11 @@ int strata_import(struct strata *s, const char *name, const char *tar_path,
 	im.fbuf = malloc(IMP_BUF);
 	if (!im.fbuf)
 		return sd_err(s, ENOMEM, "out of memory");
-	im.file_fd = open(tar_path, O_RDONLY | O_CLOEXEC);
+	/* "-": standard input (a pipe is fine: the tar is read once, front to back) */
+	if (!strcmp(tar_path, "-"))
+		im.file_fd = fcntl(0, F_DUPFD_CLOEXEC, 0);
+	else
+		im.file_fd = open(tar_path, O_RDONLY | O_CLOEXEC);
 	if (im.file_fd < 0) {
 		ret = sd_err(s, errno, "%s: %s", tar_path, strerror(errno));
 		goto out;

@@ -473,6 +473,11 @@ def test_digest_mismatch_and_gzip(store, tdir):
     strata(store, "import", "z", tdir / "l.tar.zst")
     assert strata(store, "stat", "z").json["diff_id"] == r.json["diff_id"]
     assert err_code(strata(store, "import", "x", gz, ok=False)) == "EEXIST"
+    # from a pipe
+    p = subprocess.run([str(STRATA), "--root", str(store), "--json", "import", "piped", "-"],
+                       input=gz.read_bytes(), capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["digest"] == good
 
 
 @needs_root

@@ -22,12 +22,14 @@
 #include <sys/xattr.h>
 
 #include "stratafs.h"
+#include "fdpath.h"
 #include "overlay/ovl.h"
 #include "overlay/whiteout.h"
 
 struct sfs {
 	struct ovl_fs fs;
 	struct sfs_config cfg;
+	struct fuse_session *se;
 };
 
 struct sfs_fh {
@@ -56,6 +58,12 @@ static struct sfs_fh *sfs_fh(struct fuse_file_info *fi)
 	return (struct sfs_fh *)(uintptr_t)fi->fh;
 }
 
+/* Other names of a hard link are other nodes: keep their cached attrs short. */
+static double sfs_attr_timeout(struct sfs *s, const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1 ? 0 : s->fs.o.timeout;
+}
+
 static void sfs_entry(fuse_req_t req, struct ovl_node *n, const struct stat *st,
 		      struct fuse_entry_param *e)
 {
@@ -64,11 +72,8 @@ static void sfs_entry(fuse_req_t req, struct ovl_node *n, const struct stat *st,
 	memset(e, 0, sizeof(*e));
 	e->ino = sfs_id(s, n);
 	e->attr = *st;
-	e->attr_timeout = s->fs.o.timeout;
+	e->attr_timeout = sfs_attr_timeout(s, st);
 	e->entry_timeout = s->fs.o.timeout;
-	/* Other names of a hard link are other nodes: keep their cached attrs short. */
-	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
-		e->attr_timeout = 0;
 }
 
 static void sfs_reply_entry(fuse_req_t req, int ret, struct ovl_node *n, const struct stat *st)
@@ -137,7 +142,7 @@ static void sfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
-		fuse_reply_attr(req, &st, sfs_of(req)->fs.o.timeout);
+		fuse_reply_attr(req, &st, sfs_attr_timeout(sfs_of(req), &st));
 }
 
 /* Copy the node up and hand back its upper path; holds copy_lock until sfs_upper_done(). */
@@ -164,8 +169,7 @@ static void sfs_upper_done(struct sfs *s)
 
 static int sfs_upper_proc(struct sfs *s, const char *path, char *buf, size_t size)
 {
-	return snprintf(buf, size, "/proc/self/fd/%d/%s", s->fs.upper_fd, path) < (int)size
-		? 0 : -ENAMETOOLONG;
+	return fd_path(buf, size, s->fs.upper_fd, path);
 }
 
 static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
@@ -242,7 +246,7 @@ static void sfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
-		fuse_reply_attr(req, &st, s->fs.o.timeout);
+		fuse_reply_attr(req, &st, sfs_attr_timeout(s, &st));
 }
 
 static void sfs_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -257,7 +261,9 @@ static void sfs_readlink(fuse_req_t req, fuse_ino_t ino)
 	ret = ovl_node_path(n, path, sizeof(path));
 	if (!ret) {
 		l = s->fs.layers[n->lent[0].layer];
-		ret = l->ops->readlink(l, &(struct lnode){ path, n->lent[0].ref }, buf, PATH_MAX);
+		struct lnode ln = ovl_top(n, path);
+
+		ret = l->ops->readlink(l, &ln, buf, PATH_MAX);
 	}
 	pthread_rwlock_unlock(&s->fs.tree_lock);
 	if (ret < 0) {
@@ -272,7 +278,7 @@ static void sfs_make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		     dev_t rdev, const char *link)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct ovl_cred cred = { ctx->uid, ctx->gid };
+	struct ovl_cred cred = { ctx->uid, ctx->gid, ctx->umask };
 	struct ovl_node *n = NULL;
 	struct stat st;
 	int ret = ovl_create(&sfs_of(req)->fs, sfs_node(req, parent), name, mode, rdev, link, 0,
@@ -321,6 +327,9 @@ static void sfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const
 	int ret = ovl_link(&sfs_of(req)->fs, sfs_node(req, ino), sfs_node(req, newparent),
 			   newname, &n, &st);
 
+	/* The new name is a node of its own: the source's cached nlink is stale now. */
+	if (!ret)
+		fuse_lowlevel_notify_inval_inode(sfs_of(req)->se, ino, -1, 0);
 	sfs_reply_entry(req, ret, n, &st);
 }
 
@@ -348,7 +357,9 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 		ret = ovl_node_path(n, path, sizeof(path));
 		if (!ret) {
 			fh->l = s->fs.layers[n->lent[0].layer];
-			ret = fh->l->ops->open(fh->l, &(struct lnode){ path, n->lent[0].ref },
+			struct lnode ln = ovl_top(n, path);
+
+			ret = fh->l->ops->open(fh->l, &ln,
 					       flags & ~O_TRUNC, &fh->lf);
 		}
 		pthread_rwlock_unlock(&s->fs.tree_lock);
@@ -391,7 +402,7 @@ static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		       struct fuse_file_info *fi)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct ovl_cred cred = { ctx->uid, ctx->gid };
+	struct ovl_cred cred = { ctx->uid, ctx->gid, ctx->umask };
 	struct fuse_entry_param e;
 	struct ovl_node *n = NULL;
 	struct sfs_fh *fh;
@@ -666,7 +677,9 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 	ret = ovl_node_path(n, path, sizeof(path));
 	if (!ret) {
 		l = s->fs.layers[n->lent[0].layer];
-		ret = l->ops->getxattr(l, &(struct lnode){ path, n->lent[0].ref }, name, buf, size);
+		struct lnode ln = ovl_top(n, path);
+
+		ret = l->ops->getxattr(l, &ln, name, buf, size);
 	}
 	pthread_rwlock_unlock(&s->fs.tree_lock);
 	if (ret < 0)
@@ -684,6 +697,7 @@ static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	struct ovl_node *n = sfs_node(req, ino);
 	char path[PATH_MAX], *buf = NULL, *out = NULL, *p;
 	struct layer *l;
+	struct lnode ln;
 	ssize_t len;
 	size_t olen = 0;
 
@@ -697,10 +711,11 @@ static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	pthread_rwlock_rdlock(&s->fs.tree_lock);
 	len = ovl_node_path(n, path, sizeof(path));
 	l = s->fs.layers[n->lent[0].layer];
+	ln = ovl_top(n, path);
 	if (!len)
-		len = l->ops->listxattr(l, &(struct lnode){ path, n->lent[0].ref }, NULL, 0);
+		len = l->ops->listxattr(l, &ln, NULL, 0);
 	if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
-		len = l->ops->listxattr(l, &(struct lnode){ path, n->lent[0].ref }, buf, len);
+		len = l->ops->listxattr(l, &ln, buf, len);
 	else if (len > 0)
 		len = -ENOMEM;
 	pthread_rwlock_unlock(&s->fs.tree_lock);
@@ -807,10 +822,15 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 	unsigned want = FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
 			FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_PARALLEL_DIROPS |
 			FUSE_CAP_ASYNC_READ | FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_ASYNC_DIO |
-			FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_NO_OPENDIR_SUPPORT;
+			FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_NO_OPENDIR_SUPPORT |
+			FUSE_CAP_DONT_MASK;
 
 	if (s->cfg.writeback && s->fs.has_upper)
 		want |= FUSE_CAP_WRITEBACK_CACHE;
+	/* The kernel checks ACLs (from system.posix_acl_access) and leaves umask and default
+	 * ACL inheritance to us (FUSE_CAP_DONT_MASK, ovl_create). */
+	if (!s->cfg.noacl && !s->fs.o.noxattrs)
+		want |= FUSE_CAP_POSIX_ACL;
 	conn->want |= want & conn->capable;
 	/* Locks stay in the kernel: one host, one mount. */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
@@ -891,8 +911,10 @@ static int sfs_fuse_args(struct sfs *s, const char *argv0, struct fuse_args *arg
 	char *opts = NULL;
 	int ret;
 
+	/* As root, a container rootfs needs its devices and set-id programs (the kernel
+	 * overlay allows both); the caller's own nodev/nosuid come later and win. */
 	ret = asprintf(&opts, "default_permissions,fsname=stratafs,subtype=stratafs%s%s%s%s",
-		       geteuid() == 0 ? ",allow_other" : "",
+		       geteuid() == 0 ? ",allow_other,dev,suid" : "",
 		       s->fs.has_upper ? "" : ",ro",
 		       s->cfg.fuse_opts ? "," : "", s->cfg.fuse_opts ? s->cfg.fuse_opts : "");
 	if (ret < 0)
@@ -932,6 +954,8 @@ int main(int argc, char **argv)
 	char err[PATH_MAX + 256];
 	int ret;
 
+	/* Modes of new entries are exactly what the caller asked (umask applied per request). */
+	umask(0);
 	ret = sfs_parse_args(argc, argv, &s.cfg);
 	if (ret)
 		return ret > 0 ? 0 : 1;
@@ -949,6 +973,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	se = fuse_session_new(&args, &sfs_ops, sizeof(sfs_ops), &s);
+	s.se = se;
 	if (!se) {
 		fprintf(stderr, "stratafs: cannot set up the FUSE session (bad mount option?)\n");
 		return 1;

@@ -58,7 +58,7 @@ static const char *const sfs_ignored[] = {
 	"splice_write", "splice_move", NULL
 };
 static const char *const sfs_ignored_prefix[] = {
-	"context=", "fscontext=", "defcontext=", "rootcontext=", "xino=", "redirect_dir=",
+	"context=", "fscontext=", "defcontext=", "rootcontext=", "xino=",
 	"metacopy=", "index=", "nfs_export=", "plugins=", "fast_ino=", "max_idle_threads=",
 	"uid=", "gid=", NULL
 };
@@ -272,6 +272,12 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 				val);
 			return -EINVAL;
 		}
+		return 0;
+	}
+	if (KEY("redirect_dir") && val) {
+		/* on/follow/nofollow/off: whether merged dirs may move; redirects already in
+		 * the layers are always followed. */
+		c->o.no_redirect = strcmp(val, "on") != 0 && strcmp(val, "follow") != 0;
 		return 0;
 	}
 	if (KEY("image_cache") && val)

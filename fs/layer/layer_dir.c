@@ -16,6 +16,7 @@
 #include <sys/xattr.h>
 
 #include "layer/layer.h"
+#include "fdpath.h"
 
 struct layer_file {
 	int fd;
@@ -24,9 +25,7 @@ struct layer_file {
 /* Path for the *xattr() calls, which have no *at() form: /proc/self/fd/ROOT/REL. */
 static int dir_proc_path(struct layer *l, const char *rel, char *buf, size_t size)
 {
-	int n = snprintf(buf, size, "/proc/self/fd/%d%s%s", l->root_fd, *rel ? "/" : "", rel);
-
-	return n < (int)size ? 0 : -ENAMETOOLONG;
+	return fd_path(buf, size, l->root_fd, rel);
 }
 
 static int dir_join(const char *dir, const char *name, char *buf, size_t size)

@@ -28,6 +28,8 @@
 struct ovl_lent {               /* where a node exists: layer index and backend ref */
 	int layer;
 	uint64_t ref;
+	char *path;                     /* its path in that layer when not the merged path
+					 * (below a redirected directory); else NULL */
 };
 
 struct ovl_dirent {
@@ -69,6 +71,7 @@ struct ovl_opts {
 	int xattr_permissions;          /* 0, 1 (containers), 2 (fuseoverlayfs) */
 	int noxattrs;                   /* 0, 1 (all fail ENOTSUP), 2 (silently ignored) */
 	bool ino32;
+	bool no_redirect;               /* redirect_dir=off: merged dirs do not move (EXDEV) */
 	bool volatile_;                 /* fsync is a no-op */
 	double timeout;
 };
@@ -115,6 +118,7 @@ struct ovl_node *ovl_node_find(struct ovl_fs *fs, struct ovl_node *parent, const
 struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const char *name,
 			      struct ovl_res *res);
 void ovl_node_unhash(struct ovl_fs *fs, struct ovl_node *n);
+int ovl_node_pin_lower_paths(struct ovl_fs *fs, struct ovl_node *top);
 void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, const char *name);
 void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup);
 void ovl_node_get(struct ovl_node *n);
@@ -125,6 +129,19 @@ static inline bool ovl_in_upper(const struct ovl_fs *fs, const struct ovl_node *
 {
 	return fs->has_upper && n->nlent > 0 && n->lent[0].layer == 0;
 }
+
+/* The node's top entry as its own layer names it. */
+static inline struct lnode ovl_top(const struct ovl_node *n, const char *path)
+{
+	return (struct lnode){ n->lent[0].path ? n->lent[0].path : path, n->lent[0].ref };
+}
+
+static inline const char *ovl_lent_path(const struct ovl_lent *e, const char *merged)
+{
+	return e->path ? e->path : merged;
+}
+
+void ovl_lent_free(struct ovl_lent *l, int n);
 
 /* ovl_lookup.c */
 int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name,
@@ -149,6 +166,7 @@ int ovl_tmpname(struct ovl_fs *fs, char *buf, size_t size);
 struct ovl_cred {
 	uid_t uid;
 	gid_t gid;
+	mode_t umask;                   /* applied here: the kernel leaves it to us */
 };
 int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t mode,
 	       dev_t rdev, const char *link, int oflags, const struct ovl_cred *cred,

@@ -18,6 +18,7 @@
 #include <attr/libattr.h>
 
 #include "overlay/ovl.h"
+#include "fdpath.h"
 #include "overlay/whiteout.h"
 
 int ovl_tmpname(struct ovl_fs *fs, char *buf, size_t size)
@@ -115,10 +116,11 @@ done:
 	return ret;
 }
 
-static int ovl_skip_xattr(const char *name, struct error_context *ctx)
+/* libattr's filter: non-zero means "copy this one". */
+static int ovl_copy_xattr_ok(const char *name, struct error_context *ctx)
 {
 	(void)ctx;
-	return wh_xattr_is_private(name);
+	return !wh_xattr_is_private(name);
 }
 
 /* All xattrs but the overlay's own, through the layer interface. */
@@ -136,7 +138,7 @@ static int ovl_copy_xattrs(struct ovl_fs *fs, struct layer *l, const struct lnod
 		return -ENOMEM;
 	len = l->ops->listxattr(l, src, names, len);
 	for (name = names; len > 0 && name < names + len; name += strlen(name) + 1) {
-		if (ovl_skip_xattr(name, NULL))
+		if (wh_xattr_is_private(name))
 			continue;
 		vlen = l->ops->getxattr(l, src, name, NULL, 0);
 		if (vlen < 0)
@@ -168,7 +170,7 @@ static int ovl_make_copy(struct ovl_fs *fs, struct ovl_node *n, const char *path
 			 const char *tmp, struct stat *st)
 {
 	struct layer *l = fs->layers[n->lent[0].layer];
-	struct lnode src = { path, n->lent[0].ref };
+	struct lnode src = ovl_top(n, path);
 	char proc[PATH_MAX + 64], target[PATH_MAX];
 	int fd = -1, ret;
 
@@ -204,7 +206,7 @@ static int ovl_make_copy(struct ovl_fs *fs, struct ovl_node *n, const char *path
 		ret = -errno;
 		goto out;
 	}
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", fs->work_fd, tmp);
+	fd_path(proc, sizeof(proc), fs->work_fd, tmp);
 	/* Files with a host fd: libattr's copy; everything else (or if it fails) through the
 	 * layer, which also tolerates what an unprivileged daemon may not set. */
 	ret = -1;
@@ -212,7 +214,7 @@ static int ovl_make_copy(struct ovl_fs *fs, struct ovl_node *n, const char *path
 		struct layer_file *f;
 
 		if (l->ops->open(l, &src, O_RDONLY, &f) == 0) {
-			ret = attr_copy_fd(NULL, l->ops->host_fd(f), NULL, fd, ovl_skip_xattr, NULL);
+			ret = attr_copy_fd(NULL, l->ops->host_fd(f), NULL, fd, ovl_copy_xattr_ok, NULL);
 			l->ops->close(f);
 		}
 	}
@@ -272,16 +274,23 @@ static int ovl_copy_up_one(struct ovl_fs *fs, struct ovl_node *n)
 	ovl_restore_times(fs->upper_fd, ppath, &pst);
 	if (fstatat(fs->upper_fd, path, &ust, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	ovl_ino_remember(fs, ust.st_ino, n->ino);
+	/* Like the kernel without index=on: a copied-up hard link is a new inode. */
+	if (S_ISDIR(st.st_mode) || st.st_nlink <= 1)
+		ovl_ino_remember(fs, ust.st_ino, n->ino);
+	else
+		n->ino = ovl_ino_for(fs, 0, ust.st_dev, ust.st_ino);
 
 	pthread_rwlock_wrlock(&fs->tree_lock);
 	nl = calloc(n->nlent + 1, sizeof(*nl));
 	if (nl) {
 		nl[0].layer = 0;
 		nl[0].ref = ust.st_ino;
-		if (S_ISDIR(st.st_mode))
+		if (S_ISDIR(st.st_mode)) {
 			memcpy(nl + 1, n->lent, n->nlent * sizeof(*nl));
-		free(n->lent);
+			free(n->lent);
+		} else {
+			ovl_lent_free(n->lent, n->nlent);
+		}
 		n->lent = nl;
 		n->nlent = S_ISDIR(st.st_mode) ? n->nlent + 1 : 1;
 	}

@@ -10,6 +10,7 @@
 #include <sys/xattr.h>
 
 #include "overlay/ovl.h"
+#include "fdpath.h"
 
 /*
  * Inode numbers, xino-style: every distinct backing filesystem gets a small id; st_ino is
@@ -116,10 +117,10 @@ static bool ovl_can_trusted_xattr(int dirfd)
 	char path[64];
 	ssize_t r;
 
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", dirfd);
-	if (lsetxattr(path, "trusted.overlay.stratafs-probe", "1", 1, 0) < 0)
+	fd_path(path, sizeof(path), dirfd, "");
+	if (setxattr(path, "trusted.overlay.stratafs-probe", "1", 1, 0) < 0)
 		return false;
-	r = lremovexattr(path, "trusted.overlay.stratafs-probe");
+	r = removexattr(path, "trusted.overlay.stratafs-probe");
 	(void)r;
 	return true;
 }

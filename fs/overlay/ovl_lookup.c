@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "overlay/ovl.h"
+#include "fdpath.h"
 #include "overlay/whiteout.h"
 
 /* Look `name` up in one layer of a directory's stack.  1 = found, 0 = absent,
@@ -39,12 +40,97 @@ static int ovl_layer_find(struct ovl_fs *fs, const struct ovl_lent *dl, const ch
 	return 0;
 }
 
+/* Walk `path` from the root of one layer, for a redirect, whose target need not lie
+ * under the directory's own stack.  Same answers as ovl_layer_find(). */
+static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct lnode *child,
+			  struct stat *st)
+{
+	struct layer *l = fs->layers[layer];
+	struct ovl_lent cur = { layer, 0, NULL };
+	char sofar[PATH_MAX] = "", comp[NAME_MAX + 1];
+	const char *p = path, *slash;
+	struct lnode dir, c;
+	struct stat dst;
+	size_t len;
+
+	for (;;) {
+		while (*p == '/')
+			p++;
+		slash = strchr(p, '/');
+		if (!slash)
+			return ovl_layer_find(fs, &cur, sofar, p, child, st);
+		len = slash - p;
+		if (len > NAME_MAX || strlen(sofar) + len + 2 > sizeof(sofar))
+			return -ENAMETOOLONG;
+		memcpy(comp, p, len);
+		comp[len] = 0;
+		dir.path = sofar;
+		dir.ref = cur.ref;
+		if (l->ops->lookup(l, &dir, comp, &c, &dst) < 0 || !S_ISDIR(dst.st_mode))
+			return 0;
+		if (*sofar)
+			strcat(sofar, "/");
+		strcat(sofar, comp);
+		cur.ref = c.ref;
+		p = slash + 1;
+	}
+}
+
+/* A redirected directory (moved with redirect_dir): where its lower content lives, as a
+ * layer path.  Absolute values start at the layer root; relative ones name a sibling. */
+static bool ovl_redirect(struct layer *l, const struct lnode *d, char *out, size_t size)
+{
+	char v[PATH_MAX];
+	const char *slash;
+	ssize_t n = l->ops->getxattr(l, d, OVL_XATTR_TRUSTED "redirect", v, sizeof(v) - 1);
+
+	if (n <= 0)
+		n = l->ops->getxattr(l, d, OVL_XATTR_USER "redirect", v, sizeof(v) - 1);
+	if (n <= 0 || memchr(v, 0, n))
+		return false;
+	v[n] = 0;
+	if (v[0] == '/')
+		return snprintf(out, size, "%s", v + 1) < (int)size;
+	slash = strrchr(d->path, '/');
+	if (!slash)
+		return snprintf(out, size, "%s", v) < (int)size;
+	return snprintf(out, size, "%.*s/%s", (int)(slash - d->path), d->path, v) < (int)size;
+}
+
+/* Records one layer's entry in res; false when the walk stops below it. */
+static int ovl_res_add(struct ovl_fs *fs, struct ovl_res *res, int layer, struct lnode *child,
+		       const struct stat *st, const char *lpath, const char *cpath,
+		       char *rpath, bool *redirected)
+{
+	struct ovl_lent *e;
+
+	if (res->nlent == 0)
+		res->st = *st;
+	else if (!S_ISDIR(st->st_mode))
+		return 0;       /* a non-directory below a directory is hidden by it */
+	e = &res->lent[res->nlent++];
+	e->layer = layer;
+	e->ref = child->ref;
+	if (strcmp(lpath, cpath) && !(e->path = strdup(lpath)))
+		return -ENOMEM;
+	if (!S_ISDIR(st->st_mode))
+		return 0;
+	child->path = lpath;
+	if (wh_layer_dir_is_opaque(fs->layers[layer], child))
+		return 0;
+	if (ovl_redirect(fs->layers[layer], child, rpath, PATH_MAX))
+		*redirected = true;
+	return 1;
+}
+
 int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name,
 		bool skip_upper, struct ovl_res *res)
 {
-	char cpath[PATH_MAX];
+	char cpath[PATH_MAX], lpath[PATH_MAX], rpath[PATH_MAX];
+	bool redirected = false;
+	struct lnode child;
 	struct stat st;
-	int i, ret;
+	int i = 0, layer = -1, ret;
 
 	memset(res, 0, sizeof(*res));
 	if (wh_is_reserved_name(name))
@@ -52,37 +138,40 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 	ret = ovl_join(dpath, name, cpath, sizeof(cpath));
 	if (ret)
 		return ret;
-	res->lent = calloc(dir->nlent, sizeof(*res->lent));
+	res->lent = calloc(fs->nlayers, sizeof(*res->lent));
 	if (!res->lent)
 		return -ENOMEM;
-	for (i = 0; i < dir->nlent; i++) {
-		const struct ovl_lent *dl = &dir->lent[i];
-		struct lnode child;
+	for (;;) {
+		if (!redirected) {
+			const struct ovl_lent *dl;
 
-		if (skip_upper && fs->has_upper && dl->layer == 0)
-			continue;
-		ret = ovl_layer_find(fs, dl, dpath, name, &child, &st);
+			if (i >= dir->nlent)
+				break;
+			dl = &dir->lent[i++];
+			layer = dl->layer;
+			if (skip_upper && fs->has_upper && layer == 0)
+				continue;
+			ret = ovl_join(ovl_lent_path(dl, dpath), name, lpath, sizeof(lpath));
+			if (!ret)
+				ret = ovl_layer_find(fs, dl, ovl_lent_path(dl, dpath), name, &child, &st);
+		} else {
+			/* Below a redirect: every lower layer, at the redirected path. */
+			if (++layer >= fs->nlayers)
+				break;
+			strcpy(lpath, rpath);
+			ret = ovl_layer_walk(fs, layer, lpath, &child, &st);
+		}
 		if (ret == 0)
 			continue;
 		if (ret < 0)
 			break;
-		if (res->nlent == 0) {
-			res->st = st;
-		} else if (!S_ISDIR(st.st_mode)) {
-			break;  /* a non-directory below a directory is hidden by it */
-		}
-		res->lent[res->nlent].layer = dl->layer;
-		res->lent[res->nlent].ref = child.ref;
-		res->nlent++;
-		if (!S_ISDIR(st.st_mode))
-			break;
-		child.path = cpath;
-		if (wh_layer_dir_is_opaque(fs->layers[dl->layer], &child))
+		ret = ovl_res_add(fs, res, layer, &child, &st, lpath, cpath, rpath, &redirected);
+		if (ret <= 0)
 			break;
 	}
-	if (res->nlent)
-		return 0;
-	free(res->lent);
+	if (res->nlent && ret != -ENOMEM)
+		return 0;       /* what stopped the walk (a whiteout, an error below) is below */
+	ovl_lent_free(res->lent, res->nlent);
 	res->lent = NULL;
 	return ret < 0 && ret != -ENOENT ? ret : -ENOENT;
 }
@@ -95,7 +184,7 @@ bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, c
 
 	if (ovl_resolve(fs, dir, dpath, name, true, &res) < 0)
 		return false;
-	free(res.lent);
+	ovl_lent_free(res.lent, res.nlent);
 	return true;
 }
 
@@ -111,7 +200,7 @@ static void ovl_stat_fixup(struct ovl_fs *fs, struct ovl_node *n, const char *pa
 	if (fs->o.xattr_permissions && l->root_fd >= 0) {
 		char proc[PATH_MAX + 32];
 
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", l->root_fd, path);
+		fd_path(proc, sizeof(proc), l->root_fd, ovl_lent_path(&n->lent[0], path));
 		ovl_override_read(fs, proc, st);
 	}
 	ovl_map_stat(fs, st);
@@ -120,7 +209,7 @@ static void ovl_stat_fixup(struct ovl_fs *fs, struct ovl_node *n, const char *pa
 int ovl_stat_top(struct ovl_fs *fs, struct ovl_node *n, const char *path, struct stat *st)
 {
 	struct layer *l = fs->layers[n->lent[0].layer];
-	struct lnode ln = { path, n->lent[0].ref };
+	struct lnode ln = ovl_top(n, path);
 	int ret = l->ops->getattr(l, &ln, st);
 
 	if (ret)
@@ -177,7 +266,7 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	pthread_rwlock_wrlock(&fs->tree_lock);
 	n = ovl_node_find(fs, dir, name);
 	if (n) {
-		free(res.lent);
+		ovl_lent_free(res.lent, res.nlent);
 		ret = ovl_stat_top(fs, n, cpath, st);
 	} else {
 		*st = res.st;
@@ -221,7 +310,7 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 		goto out;
 	for (ret = 0; ret < dir->nlent && dir->lent[ret].layer != de->layer; ret++)
 		;
-	if (ret == dir->nlent || d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ||
+	if (ret == dir->nlent || dir->lent[ret].path || d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ||
 	    ovl_node_find(fs, dir, de->name)) {
 		pthread_rwlock_unlock(&fs->tree_lock);
 		return ovl_lookup(fs, dir, de->name, out, st);

@@ -64,6 +64,17 @@ void ovl_node_unhash(struct ovl_fs *fs, struct ovl_node *n)
 	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
 }
 
+void ovl_lent_free(struct ovl_lent *l, int n)
+{
+	int i;
+
+	if (!l)
+		return;
+	for (i = 0; i < n; i++)
+		free(l[i].path);
+	free(l);
+}
+
 /* Takes ownership of res->lent. */
 struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const char *name,
 			      struct ovl_res *res)
@@ -72,7 +83,7 @@ struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const 
 
 	if (!n || !(n->name = strdup(name))) {
 		free(n);
-		free(res->lent);
+		ovl_lent_free(res->lent, res->nlent);
 		res->lent = NULL;
 		return NULL;
 	}
@@ -123,7 +134,7 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 			return;
 		ovl_node_unhash(fs, n);
 		free(n->name);
-		free(n->lent);
+		ovl_lent_free(n->lent, n->nlent);
 		if (n->listing) {
 			ovl_dir_free(n->listing);
 			free(n->listing);
@@ -180,4 +191,47 @@ int ovl_node_path(struct ovl_node *n, char *buf, size_t size)
 	}
 	memmove(buf, buf + pos, size - pos);
 	return 0;
+}
+
+static bool ovl_node_below(const struct ovl_node *n, const struct ovl_node *top)
+{
+	for (; n; n = n->parent)
+		if (n == top)
+			return true;
+	return false;
+}
+
+static int ovl_pin_one(struct ovl_fs *fs, struct ovl_node *n)
+{
+	char path[PATH_MAX];
+	int i, ret = ovl_node_path(n, path, sizeof(path));
+
+	for (i = 0; !ret && i < n->nlent; i++) {
+		if ((fs->has_upper && n->lent[i].layer == 0) || n->lent[i].path)
+			continue;
+		n->lent[i].path = strdup(path);
+		if (!n->lent[i].path)
+			ret = -ENOMEM;
+	}
+	return ret;
+}
+
+/*
+ * Before `top` moves (a redirected directory): every node at or below it whose lower
+ * entries were named by the merged path gets that path written down, since the merged
+ * path is about to change and the lower ones are not.  Caller holds tree_lock exclusive.
+ */
+int ovl_node_pin_lower_paths(struct ovl_fs *fs, struct ovl_node *top)
+{
+	struct ovl_node *n;
+	int b, ret = ovl_pin_one(fs, top);
+
+	for (b = 0; !ret && b < OVL_HASH_BUCKETS; b++) {
+		pthread_mutex_lock(ovl_bucket_lock(fs, b));
+		for (n = fs->hash[b]; n && !ret; n = n->hnext)
+			if (n != top && ovl_node_below(n, top))
+				ret = ovl_pin_one(fs, n);
+		pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+	}
+	return ret;
 }

@@ -13,8 +13,12 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <sys/acl.h>
+#include <acl/libacl.h>
 
 #include "overlay/ovl.h"
+#include "fdpath.h"
 #include "overlay/whiteout.h"
 
 /* A child as the merged view has it: the hashed node if the kernel knows it, else a
@@ -52,7 +56,7 @@ static int ovl_child_get(struct ovl_fs *fs, struct ovl_node *dir, const char *dp
 static void ovl_child_put(struct ovl_child *c)
 {
 	if (c->temp)
-		free(c->tmp.lent);
+		ovl_lent_free(c->tmp.lent, c->tmp.nlent);
 	c->n = NULL;
 }
 
@@ -98,7 +102,7 @@ static int ovl_set_owner(struct ovl_fs *fs, const char *tmp, const struct stat *
 	gid_t gid = (pst->st_mode & S_ISGID) ? pst->st_gid : ovl_gid_to_host(fs, cred->gid);
 
 	if (fs->o.xattr_permissions) {
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d/%s", fs->work_fd, tmp);
+		fd_path(proc, sizeof(proc), fs->work_fd, tmp);
 		return S_ISLNK(mode) ? 0 : ovl_override_write(fs, proc, cred->uid,
 					(pst->st_mode & S_ISGID) ? pst->st_gid : cred->gid, mode);
 	}
@@ -109,6 +113,99 @@ static int ovl_set_owner(struct ovl_fs *fs, const char *tmp, const struct stat *
 	    fchmodat(fs->work_fd, tmp, mode & 07777, 0) < 0)
 		return -errno;
 	return 0;
+}
+
+static unsigned int ovl_acl_perm_get(acl_entry_t e)
+{
+	acl_permset_t ps;
+
+	if (acl_get_permset(e, &ps) < 0)
+		return 0;
+	return (acl_get_perm(ps, ACL_READ) > 0 ? 4 : 0) | (acl_get_perm(ps, ACL_WRITE) > 0 ? 2 : 0) |
+	       (acl_get_perm(ps, ACL_EXECUTE) > 0 ? 1 : 0);
+}
+
+static void ovl_acl_perm_set(acl_entry_t e, unsigned int bits)
+{
+	acl_permset_t ps;
+
+	if (acl_get_permset(e, &ps) < 0)
+		return;
+	acl_clear_perms(ps);
+	if (bits & 4)
+		acl_add_perm(ps, ACL_READ);
+	if (bits & 2)
+		acl_add_perm(ps, ACL_WRITE);
+	if (bits & 1)
+		acl_add_perm(ps, ACL_EXECUTE);
+	acl_set_permset(e, ps);
+}
+
+/* The parent's default ACL masked by the mode asked for, as POSIX.1e says a new file
+ * inherits it; *mode becomes what that ACL implies. */
+static acl_t ovl_acl_masked(acl_t def, mode_t *mode)
+{
+	acl_t acc = acl_dup(def);
+	acl_entry_t e, grp = NULL, mask = NULL;
+	unsigned int u = 0, o = 0, g;
+	int id = ACL_FIRST_ENTRY;
+	acl_tag_t tag;
+
+	if (!acc)
+		return NULL;
+	for (; acl_get_entry(acc, id, &e) == 1; id = ACL_NEXT_ENTRY) {
+		if (acl_get_tag_type(e, &tag) < 0)
+			continue;
+		if (tag == ACL_USER_OBJ) {
+			u = ovl_acl_perm_get(e) & ((*mode >> 6) & 7);
+			ovl_acl_perm_set(e, u);
+		} else if (tag == ACL_OTHER) {
+			o = ovl_acl_perm_get(e) & (*mode & 7);
+			ovl_acl_perm_set(e, o);
+		} else if (tag == ACL_GROUP_OBJ) {
+			grp = e;
+		} else if (tag == ACL_MASK) {
+			mask = e;
+		}
+	}
+	e = mask ? mask : grp;
+	g = e ? ovl_acl_perm_get(e) & ((*mode >> 3) & 7) : 0;
+	if (e)
+		ovl_acl_perm_set(e, g);
+	*mode = (*mode & ~0777) | (u << 6) | (g << 3) | o;
+	return acc;
+}
+
+/* New entries are made in workdir, away from their parent, so the parent's default ACL
+ * is applied here -- or, without one, the caller's umask. */
+static int ovl_inherit_acl(struct ovl_fs *fs, const char *dpath, const char *tmp,
+			   mode_t *mode, mode_t umask)
+{
+	char pp[PATH_MAX + 32], tp[PATH_MAX + 32];
+	acl_t def, acc;
+	int ret = 0;
+
+	if (S_ISLNK(*mode))
+		return 0;
+	if (fd_path(pp, sizeof(pp), fs->upper_fd, dpath) ||
+	    fd_path(tp, sizeof(tp), fs->work_fd, tmp))
+		return -ENAMETOOLONG;
+	def = acl_get_file(pp, ACL_TYPE_DEFAULT);
+	if (!def || acl_entries(def) <= 0) {
+		if (def)
+			acl_free(def);
+		*mode &= ~umask;
+		return fchmodat(fs->work_fd, tmp, *mode & 07777, 0) < 0 ? -errno : 0;
+	}
+	acc = ovl_acl_masked(def, mode);
+	if (!acc || acl_set_file(tp, ACL_TYPE_ACCESS, acc) < 0)
+		ret = -errno;
+	if (!ret && S_ISDIR(*mode) && acl_set_file(tp, ACL_TYPE_DEFAULT, def) < 0)
+		ret = -errno;
+	if (acc)
+		acl_free(acc);
+	acl_free(def);
+	return ret;
 }
 
 static int ovl_new_node(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
@@ -163,6 +260,9 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 
 	if (wh_is_reserved_name(name))
 		return -EINVAL;
+	/* A whiteout is ours to make: the kernel overlay refuses it too. */
+	if (S_ISCHR(mode) && rdev == makedev(0, 0))
+		return -EPERM;
 	pthread_mutex_lock(&fs->copy_lock);
 	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	ret = ovl_paths(fs, dir, name, dpath, path);
@@ -189,9 +289,12 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 		ret = ovl_make_tmp(fs, tmp, mode, rdev, link, oflags, &lfd);
 	if (ret)
 		goto out;
-	ret = ovl_set_owner(fs, tmp, &pst, cred, mode);
+	ret = ovl_inherit_acl(fs, dpath, tmp, &mode, cred->umask);
+	if (!ret)
+		ret = ovl_set_owner(fs, tmp, &pst, cred, mode);
 	/* A new directory where a lower one is whited out must not let it show through. */
-	if (!ret && S_ISDIR(mode) && ovl_lower_has(fs, dir, dpath, name)) {
+	if (!ret && S_ISDIR(mode) && ((!fs->o.no_redirect && dir->nlent > 1) ||
+				       ovl_lower_has(fs, dir, dpath, name))) {
 		int dfd = openat(fs->work_fd, tmp, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
 		ret = dfd < 0 ? -errno : wh_set_opaque(dfd, fs->priv);
@@ -395,19 +498,72 @@ static bool ovl_dir_has_lower(struct ovl_fs *fs, struct ovl_node *n)
 	return S_ISDIR(n->type) && (!ovl_in_upper(fs, n) || n->nlent > 1);
 }
 
-static int ovl_opaque_if_lower(struct ovl_fs *fs, struct ovl_node *ndir, const char *ndpath,
-			       const char *nname, const char *npath)
+static int ovl_set_opaque_at(struct ovl_fs *fs, const char *path)
 {
-	int dfd, ret;
+	int dfd = openat(fs->upper_fd, path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int ret;
 
-	if (!ovl_lower_has(fs, ndir, ndpath, nname))
-		return 0;
-	dfd = openat(fs->upper_fd, npath, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
 	ret = wh_set_opaque(dfd, fs->priv);
 	close(dfd);
 	return ret;
+}
+
+/* A directory arriving where it could merge with what is below must not: where a lower
+ * entry is whited out, or (as the kernel does with redirect_dir) in a merged parent. */
+static int ovl_opaque_if_lower(struct ovl_fs *fs, struct ovl_node *ndir, const char *ndpath,
+			       const char *nname, const char *npath)
+{
+	if (!ovl_lower_has(fs, ndir, ndpath, nname) && !(!fs->o.no_redirect && ndir->nlent > 1))
+		return 0;
+	return ovl_set_opaque_at(fs, npath);
+}
+
+static const char *ovl_redirect_xattr(struct ovl_fs *fs)
+{
+	return fs->priv ? OVL_XATTR_TRUSTED "redirect" : OVL_XATTR_USER "redirect";
+}
+
+static bool ovl_dir_pinned(const struct ovl_node *dir)
+{
+	int i;
+
+	for (i = 0; i < dir->nlent; i++)
+		if (dir->lent[i].path)
+			return true;
+	return false;
+}
+
+/*
+ * redirect_dir: a directory with lower content moves in the upper only, carrying an xattr
+ * that says where its lower content lives (the kernel's format: a sibling name when it
+ * stays in its directory, else an absolute path from the layer root).  An existing
+ * redirect stays when it still holds.
+ */
+static int ovl_set_redirect(struct ovl_fs *fs, struct ovl_node *s, struct ovl_node *dir,
+			    const char *path, const char *name, bool samedir)
+{
+	char proc[PATH_MAX + 32], cur[PATH_MAX + 1], val[PATH_MAX + 2];
+	ssize_t n;
+	int ret = fd_path(proc, sizeof(proc), fs->upper_fd, path);
+
+	if (ret)
+		return ret;
+	n = lgetxattr(proc, OVL_XATTR_TRUSTED "redirect", cur, sizeof(cur) - 1);
+	if (n <= 0)
+		n = lgetxattr(proc, OVL_XATTR_USER "redirect", cur, sizeof(cur) - 1);
+	if (n > 0 && (samedir || cur[0] == '/'))
+		return 0;
+	if (samedir && !ovl_dir_pinned(dir))
+		n = snprintf(val, sizeof(val), "%s", name);
+	else if (s->nlent > 1)
+		n = snprintf(val, sizeof(val), "/%s", ovl_lent_path(&s->lent[1], path));
+	else
+		return -EXDEV;
+	if (n >= (ssize_t)sizeof(val))
+		return -ENAMETOOLONG;
+	return lsetxattr(proc, ovl_redirect_xattr(fs), val, n, 0) < 0 ? -errno : 0;
 }
 
 static int ovl_rename_checks(struct ovl_fs *fs, struct ovl_child *s, struct ovl_child *t,
@@ -479,7 +635,7 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 {
 	char dpath[PATH_MAX], path[PATH_MAX], ndpath[PATH_MAX], npath[PATH_MAX];
 	struct ovl_child s, t;
-	bool have_t = false, wh;
+	bool have_t = false, wh, redirect;
 	int ret;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
@@ -497,7 +653,8 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 		ret = ovl_child_get(fs, dir, dpath, name, &s);
 	if (ret)
 		goto out;
-	if (ovl_dir_has_lower(fs, s.n)) {
+	redirect = ovl_dir_has_lower(fs, s.n);
+	if (redirect && fs->o.no_redirect) {
 		ret = -EXDEV;
 		goto put_s;
 	}
@@ -519,13 +676,22 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	if (!ret && !(flags & RENAME_EXCHANGE))
 		ret = ovl_rename_prepare_target(fs, &t, have_t, S_ISDIR(s.n->type), ndpath,
 						nname, npath);
+	if (!ret && redirect)
+		ret = ovl_set_redirect(fs, s.n, dir, path, name, dir == ndir);
 	if (ret)
 		goto put_t;
 	wh = !(flags & RENAME_EXCHANGE) && ovl_lower_has(fs, dir, dpath, name);
+	if (redirect && !s.temp) {
+		pthread_rwlock_wrlock(&fs->tree_lock);
+		ret = ovl_node_pin_lower_paths(fs, s.n);
+		pthread_rwlock_unlock(&fs->tree_lock);
+		if (ret)
+			goto put_t;
+	}
 	ret = ovl_rename_upper(fs, path, dpath, name, npath, wh, flags & RENAME_EXCHANGE);
 	if (ret)
 		goto put_t;
-	if (S_ISDIR(s.n->type))
+	if (S_ISDIR(s.n->type) && !redirect)
 		ovl_opaque_if_lower(fs, ndir, ndpath, nname, npath);
 	if ((flags & RENAME_EXCHANGE) && S_ISDIR(t.n->type))
 		ovl_opaque_if_lower(fs, dir, dpath, name, path);

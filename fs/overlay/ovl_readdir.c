@@ -198,7 +198,7 @@ int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out)
 	for (i = 0; !ret && i < dir->nlent; i++) {
 		c.layer_idx = dir->lent[i].layer;
 		c.layer = fs->layers[c.layer_idx];
-		c.dir.path = dpath;
+		c.dir.path = ovl_lent_path(&dir->lent[i], dpath);
 		c.dir.ref = dir->lent[i].ref;
 		ret = c.layer->ops->readdir(c.layer, &c.dir, ovl_fill, &c);
 		if (!ret)

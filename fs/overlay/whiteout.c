@@ -12,6 +12,7 @@
 
 #include "overlay/whiteout.h"
 #include "layer/layer.h"
+#include "fdpath.h"
 
 bool wh_is_chardev_whiteout(const struct stat *st)
 {
@@ -127,7 +128,7 @@ int wh_set_opaque(int dirfd, bool priv)
 	int fd;
 
 	/* fsetxattr does not take O_PATH fds: go through /proc for those. */
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", dirfd);
+	fd_path(path, sizeof(path), dirfd, "");
 	if (priv && setxattr(path, OVL_XATTR_TRUSTED "opaque", "y", 1, 0) == 0)
 		return 0;
 	if (setxattr(path, OVL_XATTR_USER "opaque", "y", 1, 0) == 0)

@@ -43,6 +43,7 @@ int sqfs_dctx_supported(uint16_t comp_id)
 {
 	switch (comp_id) {
 	case SQFS_COMP_GZIP:
+	case SQFS_COMP_LZMA:
 	case SQFS_COMP_XZ:
 	case SQFS_COMP_LZ4:
 	case SQFS_COMP_ZSTD:
@@ -83,6 +84,7 @@ struct sqfs_dctx *sqfs_dctx_new(uint16_t comp_id)
 		if (!d->lzo_lib)
 			goto fail;
 		break;
+	case SQFS_COMP_LZMA:
 	case SQFS_COMP_XZ:
 	case SQFS_COMP_LZ4:
 		break;
@@ -137,6 +139,25 @@ static ssize_t dctx_xz(const void *in, size_t inlen, void *out, size_t outcap)
 	return outpos;
 }
 
+/* Legacy "lzma" images: each block is an .lzma (alone) stream, 13-byte header included. */
+static ssize_t dctx_lzma(const void *in, size_t inlen, void *out, size_t outcap)
+{
+	lzma_stream s = LZMA_STREAM_INIT;
+	lzma_ret ret;
+	size_t n;
+
+	if (lzma_alone_decoder(&s, 256u << 20) != LZMA_OK)
+		return -EIO;
+	s.next_in = in;
+	s.avail_in = inlen;
+	s.next_out = out;
+	s.avail_out = outcap;
+	ret = lzma_code(&s, LZMA_FINISH);
+	n = outcap - s.avail_out;
+	lzma_end(&s);
+	return ret == LZMA_STREAM_END ? (ssize_t)n : -EIO;
+}
+
 ssize_t sqfs_dctx_decompress(struct sqfs_dctx *d, const void *in, size_t inlen,
 			     void *out, size_t outcap)
 {
@@ -145,6 +166,8 @@ ssize_t sqfs_dctx_decompress(struct sqfs_dctx *d, const void *in, size_t inlen,
 		return dctx_gzip(d, in, inlen, out, outcap);
 	case SQFS_COMP_XZ:
 		return dctx_xz(in, inlen, out, outcap);
+	case SQFS_COMP_LZMA:
+		return dctx_lzma(in, inlen, out, outcap);
 	case SQFS_COMP_LZ4: {
 		int n = LZ4_decompress_safe(in, out, inlen, outcap);
 

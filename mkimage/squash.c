@@ -125,7 +125,8 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 {
 	char a[32], b[32], r[32], eta[32], bar[31];
 	double done = (double)__atomic_load_n(&st->bytes_in, __ATOMIC_RELAXED);
-	double total = (double)st->total_bytes;
+	double total = (double)__atomic_load_n(&st->total_bytes, __ATOMIC_RELAXED);
+	unsigned long long files = __atomic_load_n(&st->files, __ATOMIC_RELAXED);
 	double frac = total > 0 ? done / total : 1;
 	double rate = st->seconds > 0 ? done / st->seconds : 0;
 	int w = (int)(frac * 30);
@@ -141,7 +142,7 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 	bar[30] = 0;
 	fmt_eta(rate > 0 ? (total - done) / rate : -1, eta, sizeof(eta));
 	printf("\r\033[K[%s] %3d%% %llu/%llu files %s/%s %s/s ETA %s", bar, (int)(frac * 100),
-	       (unsigned long long)st->files_done, (unsigned long long)st->files,
+	       (unsigned long long)st->files_done, files,
 	       mk_human(done, a, sizeof(a)), mk_human(total, b, sizeof(b)),
 	       mk_human(rate, r, sizeof(r)), eta);
 	fflush(stdout);

@@ -255,8 +255,8 @@ static int put_end(struct pipe *p, struct slot *s)
 			p->c->pos = f->blocks_start;   /* f was the last thing written */
 		f->blocks_start = cand->blocks_start;
 		p->c->st->dup_files++;
-		p->c->st->dup_bytes += f->size - (f->frag_idx == SQFS_INVALID_FRAG ? 0 :
-						  f->size % p->bs);
+		/* only the full blocks: the reader may still be placing the tail */
+		p->c->st->dup_bytes += (uint64_t)f->nblocks * p->bs;
 		return 0;
 	}
 	if (s->ncands)

@@ -334,8 +334,18 @@ static int make_hardlink(struct imp *im, const char *target, int dfd, const char
 	return ret;
 }
 
-static int defer_dir(struct imp *im, const char *path, struct archive_entry *e)
+static int defer_dir(struct imp *im, const char *path, struct archive_entry *e, bool again)
 {
+	size_t i;
+
+	/* a directory listed twice: the later entry's metadata wins */
+	for (i = 0; again && i < im->ndirs; i++) {
+		if (strcmp(im->dirs[i].path, path))
+			continue;
+		im->dirs[i].mode = archive_entry_perm(e);
+		im->dirs[i].mtime = entry_mtime(e);
+		return 0;
+	}
 	if (im->ndirs == im->capdirs) {
 		size_t cap = im->capdirs ? im->capdirs * 2 : 64;
 		struct imp_dir *n = realloc(im->dirs, cap * sizeof(*n));
@@ -447,7 +457,7 @@ static int import_entry(struct imp *im, struct archive_entry *e)
 				      im->tar_path, im->entry);
 		set_owner(im, e, im->root_fd, ".");
 		ret = set_xattrs(im, e, im->root_fd, ".");
-		return ret ? ret : defer_dir(im, ".", e);
+		return ret ? ret : defer_dir(im, ".", e, true);
 	}
 	dfd = open_parent(im, path, &base, true);
 	if (dfd < 0)
@@ -478,7 +488,7 @@ static int import_entry(struct imp *im, struct archive_entry *e)
 	if (ret)
 		goto out;
 	if (type == AE_IFDIR) {
-		ret = defer_dir(im, path, e);
+		ret = defer_dir(im, path, e, keep);
 		goto out;
 	}
 	/* after chown, which clears set-id bits */
@@ -492,12 +502,32 @@ out:
 	return ret;
 }
 
+static int dir_depth(const char *p)
+{
+	int d = strcmp(p, ".") ? 1 : 0;
+
+	for (; *p; p++)
+		d += *p == '/';
+	return d;
+}
+
+static int cmp_deeper_first(const void *a, const void *b)
+{
+	const struct imp_dir *x = a, *y = b;
+
+	return dir_depth(x->path) - dir_depth(y->path);
+}
+
 /* Directory modes and times last, deepest first, so creating children does not undo them
  * and read-only directories do not stop their own filling. */
 static int finish_dirs(struct imp *im)
 {
 	size_t i = im->ndirs;
 	int ret = 0;
+
+	/* sorted shallow to deep; walked backwards below */
+	if (im->ndirs)
+		qsort(im->dirs, im->ndirs, sizeof(*im->dirs), cmp_deeper_first);
 
 	while (i--) {
 		struct imp_dir *d = &im->dirs[i];

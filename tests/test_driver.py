@@ -357,11 +357,11 @@ def tar_bytes(entries, fmt=tarfile.PAX_FORMAT):
 
 
 def D(name, **kw):
-    return dict(name=name, type=tarfile.DIRTYPE, mode=0o755, **kw), None
+    return dict(dict(name=name, type=tarfile.DIRTYPE, mode=0o755), **kw), None
 
 
 def F(name, data=b"x", **kw):
-    return dict(name=name, type=tarfile.REGTYPE, mode=0o644, **kw), data
+    return dict(dict(name=name, type=tarfile.REGTYPE, mode=0o644), **kw), data
 
 
 def L(name, target, **kw):
@@ -877,3 +877,18 @@ def test_umount_after_stratafs_died(store, tdir):
     strata(store, "rm", "c", "--force")
     assert not mounted(mnt)
     store_dirs_ok(store)
+
+
+def test_import_directory_metadata_last_entry_wins(store, tdir):
+    layer = tdir / "dup.tar"
+    layer.write_bytes(tar_bytes([
+        F("x/deep/f"),                          # parents made implicitly first
+        D("x/deep", mtime=2000),
+        D("x", mtime=1000),
+        D("x", mtime=3000, mode=0o700),         # listed again: this one counts
+        D("./", mtime=5000, mode=0o711)]))
+    strata(store, "import", "dup", layer)
+    fs = Path(strata(store, "stat", "dup").json["path"])
+    assert os.stat(fs / "x").st_mtime == 3000 and os.stat(fs / "x").st_mode & 0o777 == 0o700
+    assert os.stat(fs / "x/deep").st_mtime == 2000
+    assert os.stat(fs).st_mtime == 5000 and os.stat(fs).st_mode & 0o777 == 0o711

@@ -67,7 +67,9 @@ typedef void (*strata_warn_fn)(void *ctx, const char *msg);
 
 /* Open (creating if needed) the store at root; NULL root = the default resolution
  * (STRATA_ROOT, /var/lib/strata as root, XDG data dir rootless).  Runs crash recovery when
- * no other strata process is active on the store. */
+ * no other strata process is active on the store.  An open handle holds a shared lock that
+ * keeps other processes from recovering, so a long-lived caller should open the store per
+ * operation (or per batch), not once for its lifetime. */
 int strata_open(const char *root, struct strata **sp, char *err, size_t errlen);
 void strata_close(struct strata *s);
 const char *strata_errmsg(const struct strata *s);

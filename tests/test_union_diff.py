@@ -175,18 +175,6 @@ def fo_tolerate(snap):
     return out
 
 
-def drop_moot_opaque(snap, lowers):
-    """The kernel marks new directories in merged parents opaque as an optimisation; an
-    opaque marker on a path that no lower layer has changes nothing, so it is not compared."""
-    out = {}
-    for k, v in snap.items():
-        if v.get("opaque") and k != "." and not any(os.path.lexists(os.path.join(l, k))
-                                                    for l in lowers):
-            v = {f: x for f, x in v.items() if f != "opaque"}
-        out[k] = v
-    return out
-
-
 def run_diff(tdir, layers, ops, upper_entries=None, impl_opts=(), kernel_opts=(),
              check_upper=True, check_remount=True, ignore=()):
     """Run `ops(log)` on both; return (kernel side, impl side); fail with every difference.
@@ -204,8 +192,8 @@ def run_diff(tdir, layers, ops, upper_entries=None, impl_opts=(), kernel_opts=()
         problems.append("merged views differ:\n" + d)
     if check_upper:
         d = union.diff_snapshots(
-            fo_tolerate(drop_moot_opaque(union.strip(k.upper_snap, *ignore), k.lowers)),
-            fo_tolerate(drop_moot_opaque(union.strip(i.upper_snap, *ignore), k.lowers)))
+            fo_tolerate(union.drop_moot_opaque(union.strip(k.upper_snap, *ignore), k.lowers)),
+            fo_tolerate(union.drop_moot_opaque(union.strip(i.upper_snap, *ignore), k.lowers)))
         if d:
             problems.append("upper dirs differ:\n" + d)
     if check_remount:

@@ -281,9 +281,10 @@ def _stable_time(path, layer_index):
     return BASE_TIME_NS + (h % 10**8) * 10**9 + (h % 999_999_937)
 
 
-def build_layer(root, entries, kernel_form=False, layer_index=0):
+def build_layer(root, entries, kernel_form=False, layer_index=0, xattr_ns="trusted"):
     """Create one layer at `root`.  kernel_form: write every whiteout as char 0/0 and every
-    opaque marker as trusted.overlay.opaque (what the kernel oracle can read)."""
+    opaque marker as <xattr_ns>.overlay.opaque (what the kernel oracle can read; "user"
+    for a kernel mounted with userxattr)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
@@ -304,7 +305,7 @@ def build_layer(root, entries, kernel_form=False, layer_index=0):
             form = a.get("opaque")
             if form:
                 if form is True or kernel_form:
-                    form = "xattr"
+                    form = "xattr" if xattr_ns == "trusted" else "user"
                 if form == "xattr":
                     os.setxattr(p, "trusted.overlay.opaque", b"y")
                 elif form == "user":
@@ -356,7 +357,7 @@ def build_layer(root, entries, kernel_form=False, layer_index=0):
     os.utime(root, ns=(BASE_TIME_NS, BASE_TIME_NS))
 
 
-def build_stack(base, layers, kernel_form=False, upper_entries=None):
+def build_stack(base, layers, kernel_form=False, upper_entries=None, xattr_ns="trusted"):
     """Create base/lower0..N-1 (lower0 is the top), base/upper, base/work, base/mnt.
     Returns (lowers, upper, work, mnt)."""
     base = Path(base)
@@ -365,10 +366,10 @@ def build_stack(base, layers, kernel_form=False, upper_entries=None):
     lowers = []
     for i, entries in enumerate(layers):
         d = base / f"lower{i}"
-        build_layer(d, entries, kernel_form, i)
+        build_layer(d, entries, kernel_form, i, xattr_ns)
         lowers.append(d)
     upper = base / "upper"
-    build_layer(upper, upper_entries or [], kernel_form, 99)
+    build_layer(upper, upper_entries or [], kernel_form, 99, xattr_ns)
     work = base / "work"
     work.mkdir()
     mnt = base / "mnt"
@@ -543,6 +544,18 @@ def upper_snapshot(root, content=True, times=True):
     if "." in snap:
         snap["."].pop("mtime", None)   # the kernel may touch the upper root on mount
     return snap
+
+
+def drop_moot_opaque(snap, lowers):
+    """The kernel marks new directories in merged parents opaque as an optimisation; an
+    opaque marker on a path that no lower layer has changes nothing, so it is not compared."""
+    out = {}
+    for k, v in snap.items():
+        if v.get("opaque") and k != "." and not any(os.path.lexists(os.path.join(l, k))
+                                                    for l in lowers):
+            v = {f: x for f, x in v.items() if f != "opaque"}
+        out[k] = v
+    return out
 
 
 def diff_snapshots(a, b, names=("kernel", "impl")):

@@ -68,6 +68,9 @@ struct sqfs_file {
 	struct sqfs_inode ino;
 	uint64_t *start;            /* disk offset of each block */
 	uint32_t *word;             /* its size word */
+	int have_frag;              /* frag below is loaded (on first tail read) */
+	struct sqfs_fragment_entry frag;
+	pthread_mutex_t lock;       /* for loading frag */
 };
 
 /* ---- logging: one line per distinct bad location ------------------------------------ */
@@ -1198,6 +1201,7 @@ int sqfs_file_open(struct sqfs_reader *r, const struct sqfs_inode *ino, struct s
 		return -ENOMEM;
 	f->r = r;
 	f->ino = *ino;
+	pthread_mutex_init(&f->lock, NULL);
 	ret = file_load_blocks(f);
 	if (ret)
 		goto fail;
@@ -1212,6 +1216,7 @@ void sqfs_file_close(struct sqfs_file *f)
 {
 	if (!f)
 		return;
+	pthread_mutex_destroy(&f->lock);
 	free(f->start);
 	free(f->word);
 	free(f);
@@ -1250,15 +1255,21 @@ static int file_tail(struct sqfs_file *f, uint32_t in, void *dst, size_t len)
 	struct sqfs_fragment_entry fe;
 	uint32_t tail = f->ino.size % r->sb.block_size;
 	struct bc_entry *e;
-	int ret;
+	int ret = 0;
 
 	if (f->ino.file.frag == SQFS_INVALID_FRAG)
 		return rd_bad(r, f->ino.file.blist.block, "file tail without a fragment");
-	ret = table_read(r, r->frag_idx, r->sb.frag_table_start, f->ino.file.frag,
-			 sizeof(fe), &fe);
+	pthread_mutex_lock(&f->lock);
+	if (!f->have_frag) {
+		ret = table_read(r, r->frag_idx, r->sb.frag_table_start, f->ino.file.frag,
+				 sizeof(f->frag), &f->frag);
+		sqfs_fragment_entry_swap(&f->frag);
+		f->have_frag = !ret;
+	}
+	fe = f->frag;
+	pthread_mutex_unlock(&f->lock);
 	if (ret)
 		return ret;
-	sqfs_fragment_entry_swap(&fe);
 	ret = data_get(r, fe.start, fe.size, &e);
 	if (ret)
 		return ret;

@@ -128,6 +128,24 @@ def test_big_directory_lookup_and_readdir(tdir):
         for i in (0, 1, 255, 256, 257, 2999, 4444, 5999):  # lookups go through the index
             assert (m / f"d/f{i:06d}").read_bytes() == str(i).encode()
         assert not (m / "d/f999999").exists()
+    fm = tdir / "fmnt"
+    fm.mkdir()
+    union.run(["squashfuse", str(img), str(fm)])      # another reader of the index
+    try:
+        for i in (0, 256, 3333, 5999):
+            assert (fm / f"d/f{i:06d}").read_bytes() == str(i).encode()
+        assert len(os.listdir(fm / "d")) == 6000
+    finally:
+        union.force_unmount(fm)
+
+
+def test_strata_reader_agrees(tdir):
+    """strata's own reader (the image layer backend) sees what the source holds."""
+    import _sqfs
+    src = build(tdir, every_kind_entries(seed=9))
+    img = tdir / "out.sqfs"
+    squash(img, src, opts=["--comp", "zstd"])
+    assert _sqfs.dump_image(str(img)) == _sqfs.manifest(str(src))
 
 
 def test_squashfuse_reads_image(tdir):

@@ -152,6 +152,21 @@ def test_reader_reads_legacy_lzma(workspace, feature_src):
         _sqfs.dump_image(str(image_for(workspace, feature_src, "gzip")))
 
 
+@pytest.mark.slow
+def test_reader_file_over_4gib(workspace):
+    """A sparse 5 GiB file (extended inode, 64-bit sizes, 40960 block-list entries)."""
+    src = workspace / "huge-src"
+    src.mkdir()
+    with open(src / "huge", "wb") as f:
+        f.seek(4 * 1024 * MiB + 12345)
+        f.write(b"tail of a huge file")
+        f.truncate(5 * 1024 * MiB)
+    img = _sqfs.mksquashfs(str(src), str(workspace / "huge.sqfs"), "-comp", "lz4")
+    ours = _sqfs.dump_image(img)
+    with _sqfs.kernel_mount(img, workspace / "k-huge") as k:
+        assert ours == _sqfs.manifest(k)
+
+
 MKIMAGE = union.build_dir() / "mkimage"
 
 

@@ -380,10 +380,25 @@ static int add_file(struct wctx *c, struct wnode *n)
 		c->capfiles = cap;
 	}
 	c->files[c->nfiles++] = n;
-	pthread_cond_signal(&c->files_cv);
+	/* wake the readers in batches: one wakeup per file costs more than it saves */
+	if (c->nfiles - c->files_signalled >= 32) {
+		c->files_signalled = c->nfiles;
+		pthread_cond_broadcast(&c->files_cv);
+	}
 out:
 	pthread_mutex_unlock(&c->files_mu);
 	return ret;
+}
+
+/* Hand over the files a directory added, without waiting for a batch to fill. */
+static void publish_files(struct wctx *c)
+{
+	pthread_mutex_lock(&c->files_mu);
+	if (c->nfiles != c->files_signalled) {
+		c->files_signalled = c->nfiles;
+		pthread_cond_broadcast(&c->files_cv);
+	}
+	pthread_mutex_unlock(&c->files_mu);
 }
 
 struct wnode *wr_next_file(struct wctx *c, size_t i, int *err)
@@ -669,6 +684,7 @@ static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int ns
 		if (ret)
 			goto out;
 	}
+	publish_files(c);
 	/* Recurse after the map's names are settled; only the child's layer list survives. */
 	for (size_t i = 0; i < nkids; i++) {
 		struct wnode *n = dn->children[i];

@@ -113,7 +113,7 @@ struct wctx {
 	/* Inode-owning regular files in data order.  The walk runs in its own thread and
 	 * publishes files here as it finds them, so reading data overlaps the walk. */
 	struct wnode **files;
-	size_t nfiles, capfiles;
+	size_t nfiles, capfiles, files_signalled;
 	pthread_mutex_t files_mu;
 	pthread_cond_t files_cv;
 	bool walk_done;              /* under files_mu */

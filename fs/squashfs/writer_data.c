@@ -904,6 +904,9 @@ int wr_write_data(struct wctx *c)
 	if (!ret)
 		ret = flush_frag(&p);
 out:
+	/* on error stop the walk too: prefetchers may be waiting for its next file */
+	if (ret)
+		__atomic_store_n(&c->abort, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&p.pf_mu);
 	p.pf_quit = true;
 	pthread_cond_broadcast(&p.pf_cv);

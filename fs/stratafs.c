@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,19 +24,26 @@
 
 #include "stratafs.h"
 #include "fdpath.h"
+#include "passthrough.h"
 #include "overlay/ovl.h"
 #include "overlay/whiteout.h"
 
 struct sfs {
+	struct pt_state pt;             /* first: libfuse hands the session's userdata to
+					 * the passthrough I/O callbacks */
 	struct ovl_fs fs;
 	struct sfs_config cfg;
 	struct fuse_session *se;
+	uint64_t reads, writes;         /* READ/WRITE requests that reached the daemon */
 };
 
 struct sfs_fh {
 	int fd;                         /* host fd, or -1 for image files */
 	struct layer_file *lf;
 	struct layer *l;
+	struct ovl_node *node;
+	int backing;                    /* passthrough backing id, 0 for none */
+	bool cached;                    /* counted in node->cached_opens */
 };
 
 static struct sfs *sfs_of(fuse_req_t req)
@@ -374,6 +382,67 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 	return 0;
 }
 
+/*
+ * Passthrough for an open file when it can be had: a host fd, and the kernel's rule that
+ * all passthrough opens of an inode share one backing file and no cached open sits beside
+ * them.  An open that cannot follow the rule goes through the daemon uncached (direct_io).
+ */
+static void sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh,
+			struct fuse_file_info *fi)
+{
+	struct stat st;
+	int id;
+
+	fh->node = n;
+	pthread_mutex_lock(&n->lock);
+	if (!s->pt.active || fh->fd < 0 || fstat(fh->fd, &st) < 0 || n->cached_opens) {
+		if (n->pt_refs) {
+			fi->direct_io = 1;
+		} else {
+			n->cached_opens++;
+			fh->cached = true;
+		}
+	} else if (n->pt_refs) {
+		if (n->pt_dev == st.st_dev && n->pt_ino == st.st_ino) {
+			n->pt_refs++;
+			fh->backing = n->pt_id;
+		} else {
+			fi->direct_io = 1;      /* e.g. a copy-up while the lower file is open */
+		}
+	} else if ((id = pt_backing_open(&s->pt, fh->fd)) > 0) {
+		n->pt_id = id;
+		n->pt_refs = 1;
+		n->pt_dev = st.st_dev;
+		n->pt_ino = st.st_ino;
+		fh->backing = id;
+	} else {
+		n->cached_opens++;
+		fh->cached = true;
+	}
+	pthread_mutex_unlock(&n->lock);
+}
+
+static void sfs_pt_release(struct sfs *s, struct sfs_fh *fh)
+{
+	struct ovl_node *n = fh->node;
+
+	if (!n)
+		return;
+	pthread_mutex_lock(&n->lock);
+	if (fh->backing && --n->pt_refs == 0) {
+		pt_backing_close(&s->pt, n->pt_id);
+		n->pt_id = 0;
+	}
+	if (fh->cached)
+		n->cached_opens--;
+	pthread_mutex_unlock(&n->lock);
+}
+
+static int sfs_backing_of(uint64_t fh)
+{
+	return fh ? ((struct sfs_fh *)(uintptr_t)fh)->backing : 0;
+}
+
 static void sfs_fh_free(struct sfs_fh *fh)
 {
 	if (fh->lf)
@@ -394,8 +463,11 @@ static void sfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = (uintptr_t)fh;
 	fi->keep_cache = 1;     /* nothing but this daemon changes a layer */
-	if (fuse_reply_open(req, fi) == -ENOENT)
+	sfs_pt_open(sfs_of(req), sfs_node(req, ino), fh, fi);
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		sfs_pt_release(sfs_of(req), fh);
 		sfs_fh_free(fh);
+	}
 }
 
 static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -424,9 +496,12 @@ static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	fh->fd = fd;
 	fi->fh = (uintptr_t)fh;
 	fi->keep_cache = 1;
+	sfs_pt_open(sfs_of(req), n, fh, fi);
 	sfs_entry(req, n, &st, &e);
-	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+		sfs_pt_release(sfs_of(req), fh);
 		sfs_fh_free(fh);
+	}
 }
 
 static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -438,6 +513,7 @@ static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *buf;
 
 	(void)ino;
+	__atomic_add_fetch(&sfs_of(req)->reads, 1, __ATOMIC_RELAXED);
 	if (fh->fd >= 0) {
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 		bv.buf[0].fd = fh->fd;
@@ -465,6 +541,7 @@ static void sfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in
 	ssize_t n;
 
 	(void)ino;
+	__atomic_add_fetch(&sfs_of(req)->writes, 1, __ATOMIC_RELAXED);
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	out.buf[0].fd = sfs_fh(fi)->fd;
 	out.buf[0].pos = off;
@@ -485,6 +562,7 @@ static void sfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void sfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
+	sfs_pt_release(sfs_of(req), sfs_fh(fi));
 	sfs_fh_free(sfs_fh(fi));
 	fuse_reply_err(req, 0);
 }
@@ -653,6 +731,29 @@ static bool sfs_xattr_hidden(struct sfs *s, const char *name)
 		strstr(name, "override_stat"));
 }
 
+/* Asked for by name on the root only (never listed): how the daemon runs and what reached
+ * it, for tests and for people wondering whether passthrough is on. */
+#define SFS_STATS_XATTR "user.stratafs.stats"
+
+static void sfs_reply_stats(fuse_req_t req, struct sfs *s, size_t size)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf),
+			 "passthrough=%s\nopens=%llu\npassthrough_opens=%llu\n"
+			 "read_requests=%llu\nwrite_requests=%llu\n",
+			 s->pt.active ? "on" : "off",
+			 (unsigned long long)s->pt.opens, (unsigned long long)s->pt.backing_opens,
+			 (unsigned long long)__atomic_load_n(&s->reads, __ATOMIC_RELAXED),
+			 (unsigned long long)__atomic_load_n(&s->writes, __ATOMIC_RELAXED));
+
+	if (!size)
+		fuse_reply_xattr(req, n);
+	else if ((size_t)n > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, buf, n);
+}
+
 static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct sfs *s = sfs_of(req);
@@ -661,6 +762,10 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 	struct layer *l;
 	ssize_t ret;
 
+	if (ino == FUSE_ROOT_ID && strcmp(name, SFS_STATS_XATTR) == 0) {
+		sfs_reply_stats(req, s, size);
+		return;
+	}
 	if (s->fs.o.noxattrs) {
 		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : ENODATA);
 		return;
@@ -816,6 +921,21 @@ static void sfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		fuse_reply_lseek(req, r);
 }
 
+static void sfs_log(struct sfs *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (s->cfg.foreground) {
+		fputs("stratafs: ", stderr);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+	} else {
+		vsyslog(LOG_INFO, fmt, ap);
+	}
+	va_end(ap);
+}
+
 static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct sfs *s = userdata;
@@ -825,8 +945,11 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 			FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_NO_OPENDIR_SUPPORT |
 			FUSE_CAP_DONT_MASK;
 
-	if (s->cfg.writeback && s->fs.has_upper)
+	if (s->cfg.writeback && s->fs.has_upper && !s->pt.wanted)
 		want |= FUSE_CAP_WRITEBACK_CACHE;
+	/* Our passthrough shim reads requests itself (to see their opcodes). */
+	if (s->pt.wanted)
+		want &= ~FUSE_CAP_SPLICE_READ;
 	/* The kernel checks ACLs (from system.posix_acl_access) and leaves umask and default
 	 * ACL inheritance to us (FUSE_CAP_DONT_MASK, ovl_create). */
 	if (!s->cfg.noacl && !s->fs.o.noxattrs)
@@ -834,8 +957,13 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want |= want & conn->capable;
 	/* Locks stay in the kernel: one host, one mount. */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
-	if (!s->cfg.writeback)
+	if (!s->cfg.writeback || s->pt.wanted)
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	if (s->pt.wanted)
+		conn->want &= ~FUSE_CAP_SPLICE_READ;
+	sfs_log(s, "data path: %s", s->pt.active ? "kernel passthrough for directory layers"
+			: s->pt.wanted ? "splice (the kernel did not offer passthrough)"
+			: "splice");
 	conn->max_readahead = conn->max_readahead ? conn->max_readahead : 1 << 20;
 }
 
@@ -906,6 +1034,31 @@ static int sfs_check_mountpoint(const char *mnt)
 	return 0;
 }
 
+/* passthrough=auto|on|off against what this process and kernel can do. */
+static int sfs_want_passthrough(struct sfs *s)
+{
+	char err[256];
+	const char *why = NULL;
+
+	if (!s->cfg.passthrough)
+		return 0;
+	if (s->fs.rootless)
+		why = "it needs CAP_SYS_ADMIN in the initial user namespace";
+	else if (s->cfg.writeback)
+		why = "it cannot be combined with writeback=1";
+	else if (pt_probe(err, sizeof(err)) < 0)
+		why = err;
+	if (!why) {
+		s->pt.wanted = true;
+		return 0;
+	}
+	if (s->cfg.passthrough == 2) {
+		fprintf(stderr, "stratafs: passthrough=on: %s\n", why);
+		return -1;
+	}
+	return 0;
+}
+
 static int sfs_fuse_args(struct sfs *s, const char *argv0, struct fuse_args *args)
 {
 	char *opts = NULL;
@@ -968,6 +1121,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "stratafs: %s\n", err);
 		return 1;
 	}
+	if (sfs_want_passthrough(&s) < 0)
+		return 1;
 	if (sfs_fuse_args(&s, argv[0], &args) < 0) {
 		fprintf(stderr, "stratafs: out of memory\n");
 		return 1;
@@ -980,6 +1135,13 @@ int main(int argc, char **argv)
 	}
 	if (fuse_set_signal_handlers(se) < 0 || fuse_session_mount(se, s.cfg.mountpoint) < 0) {
 		fprintf(stderr, "stratafs: cannot mount on '%s'\n", s.cfg.mountpoint);
+		fuse_session_destroy(se);
+		return 1;
+	}
+	s.pt.backing_of = sfs_backing_of;
+	if (s.pt.wanted && pt_attach(&s.pt, se) < 0) {
+		fprintf(stderr, "stratafs: cannot set up passthrough\n");
+		fuse_session_unmount(se);
 		fuse_session_destroy(se);
 		return 1;
 	}

@@ -55,8 +55,13 @@ struct ovl_node {
 	int nlent;                      /* layers holding it, top first; >1 only for dirs */
 	struct ovl_lent *lent;
 	bool hashed;                    /* still reachable by (parent, name) */
-	pthread_mutex_t lock;           /* dirs: guards listing */
+	pthread_mutex_t lock;           /* guards listing and the open state below */
 	struct ovl_dir *listing;        /* dirs: merged listing between readdir calls */
+	/* Files, for the FUSE glue: the kernel wants every passthrough open of an inode on
+	 * one backing file, and no cached (non-passthrough) open beside them. */
+	int pt_id, pt_refs, cached_opens;
+	dev_t pt_dev;
+	ino_t pt_ino;
 };
 
 struct ovl_idmap {

@@ -521,10 +521,57 @@ static int fill_node(struct wctx *c, struct wnode *n, struct dsrc *s, const stru
 /* ---- merging one directory ------------------------------------------------------- */
 
 /* Fold one layer's copy of a directory into the map of names. */
-static int merge_layer(struct wctx *c, struct fmap *m, struct dsrc *d, const char *rel)
+/* Fold the entry `name` of one layer's copy of a directory into the map.  `path` is its
+ * path in the layer, which is also its path in the merged tree. */
+static int merge_name(struct wctx *c, struct fmap *m, struct dsrc *d,
+		      const struct lnode *dir, const char *name, const char *path)
+{
+	struct fent *e = fmap_get(m, name);
+	struct lnode child = { .path = path, .ref = 0 };
+	struct stat st;
+	int ret;
+
+	if (e && (e->state != FE_DIR || e->stop))
+		return 0;                /* decided by a higher layer */
+	if (!e && excluded(c->o, path, name))
+		/* hidden, so lower layers cannot bring it back */
+		return fmap_add(m, name, FE_HIDDEN) ? 0 : -ENOMEM;
+	ret = d->l->ops->lookup(d->l, dir, name, &child, &st);
+	if (ret < 0)
+		return wr_error(c, ret, "cannot stat %s/%s", d->l->spec, path);
+	if (d->l->root_fd >= 0 && c->skip_ino && st.st_ino == c->skip_ino &&
+	    st.st_dev == c->skip_dev)
+		/* the image being replaced lies inside a layer */
+		return e || fmap_add(m, name, FE_HIDDEN) ? 0 : -ENOMEM;
+	if (wh_is_chardev_whiteout(&st)) {
+		if (e)
+			e->stop = true;
+		else if (!fmap_add(m, name, FE_HIDDEN))
+			return -ENOMEM;
+	} else if (!e) {
+		e = fmap_add(m, name, S_ISDIR(st.st_mode) ? FE_DIR : FE_FINAL);
+		if (!e || add_src(e, d->l, path, child.ref))
+			return -ENOMEM;
+		e->st = st;
+		if (S_ISDIR(st.st_mode) && wh_layer_dir_is_opaque(d->l, &child))
+			e->stop = true;
+	} else if (S_ISDIR(st.st_mode)) {
+		if (add_src(e, d->l, path, child.ref))
+			return -ENOMEM;
+		if (wh_layer_dir_is_opaque(d->l, &child))
+			e->stop = true;
+	} else {
+		e->stop = true;          /* a lower non-directory ends the merge */
+	}
+	return 0;
+}
+
+/* Fold one layer's copy of a directory into the map of names. */
+static int merge_layer(struct wctx *c, struct fmap *m, struct dsrc *d)
 {
 	struct lnode dir = { .path = d->path, .ref = d->ref };
 	struct names nl = { 0 };
+	size_t dlen = strlen(d->path);
 	int ret;
 
 	ret = d->l->ops->readdir(d->l, &dir, collect_name, &nl);
@@ -537,89 +584,29 @@ static int merge_layer(struct wctx *c, struct fmap *m, struct dsrc *d, const cha
 	/* Sorted so the walk (and so hard-link owners, ids, xattr ids) is reproducible. */
 	if (nl.n)
 		qsort(nl.v, nl.n, sizeof(*nl.v), cmp_str);
-	for (size_t i = 0; i < nl.n; i++) {
+	for (size_t i = 0; i < nl.n && !ret; i++) {
 		const char *name = nl.v[i];
-		struct fent *e = fmap_get(m, name);
-		struct lnode child;
-		struct stat st;
-		char *path = NULL, *relpath = NULL;
+		size_t len = dlen + !!dlen + strlen(name);
+		char *path;
 
 		if (wh_is_reserved_name(name))
 			continue;        /* whiteout files are handled below */
-		if (e && (e->state != FE_DIR || e->stop))
-			continue;
 		if (strlen(name) > SQFS_NAME_MAX) {
 			ret = wr_error(c, -ENAMETOOLONG, "name too long for SquashFS: %s/%s",
-				       d->l->spec, d->path);
-			goto out;
+				       d->l->spec, name);
+			break;
+		}
+		if (len >= PATH_MAX) {
+			ret = wr_error(c, -ENAMETOOLONG, "path too long (%zu bytes, limit %d): "
+				       "%s/%s/%s", len, PATH_MAX - 1, d->l->spec, d->path, name);
+			break;
 		}
 		path = join(d->path, name);
-		relpath = join(rel, name);
-		if (!path || !relpath) {
-			free(path);
-			free(relpath);
-			ret = wr_error(c, -ENOMEM, "out of memory");
-			goto out;
-		}
-		if (strlen(relpath) >= PATH_MAX) {
-			ret = wr_error(c, -ENAMETOOLONG, "path too long (%zu bytes, limit %d): %s",
-				       strlen(relpath), PATH_MAX - 1, relpath);
-			free(path);
-			free(relpath);
-			goto out;
-		}
-		if (!e && excluded(c->o, relpath, name)) {
-			free(path);
-			free(relpath);
-			/* hidden, so lower layers cannot bring it back */
-			if (!fmap_add(m, name, FE_HIDDEN))
-				goto nomem;
-			continue;
-		}
-		free(relpath);
-		child.path = path;
-		child.ref = 0;
-		ret = d->l->ops->lookup(d->l, &dir, name, &child, &st);
-		if (ret < 0) {
-			ret = wr_error(c, ret, "cannot stat %s/%s", d->l->spec, path);
-			free(path);
-			goto out;
-		}
-		if (d->l->root_fd >= 0 && c->skip_ino && st.st_ino == c->skip_ino &&
-		    st.st_dev == c->skip_dev) {
-			free(path);
-			if (!e && !fmap_add(m, name, FE_HIDDEN))
-				goto nomem;
-			continue;
-		}
-		if (wh_is_chardev_whiteout(&st)) {
-			if (e)
-				e->stop = true;
-			else if (!fmap_add(m, name, FE_HIDDEN))
-				goto nomem_path;
-		} else if (!e) {
-			e = fmap_add(m, name, S_ISDIR(st.st_mode) ? FE_DIR : FE_FINAL);
-			if (!e || add_src(e, d->l, path, child.ref))
-				goto nomem_path;
-			e->st = st;
-			if (S_ISDIR(st.st_mode) && wh_layer_dir_is_opaque(d->l, &child))
-				e->stop = true;
-		} else if (S_ISDIR(st.st_mode)) {
-			if (add_src(e, d->l, path, child.ref))
-				goto nomem_path;
-			if (wh_layer_dir_is_opaque(d->l, &child))
-				e->stop = true;
-		} else {
-			e->stop = true;  /* a lower non-directory ends the merge */
-		}
+		ret = path ? merge_name(c, m, d, &dir, name, path) : -ENOMEM;
 		free(path);
-		continue;
-nomem_path:
-		free(path);
-		goto nomem;
 	}
 	/* ".wh.NAME" hides NAME in the layers below this one. */
-	for (size_t i = 0; i < nl.n; i++) {
+	for (size_t i = 0; i < nl.n && !ret; i++) {
 		const char *hidden = wh_hidden_name(nl.v[i]);
 		struct fent *e;
 
@@ -629,15 +616,13 @@ nomem_path:
 		if (e)
 			e->stop = true;
 		else if (!fmap_add(m, hidden, FE_HIDDEN))
-			goto nomem;
+			ret = -ENOMEM;
 	}
-	ret = 0;
+	if (ret == -ENOMEM)
+		ret = wr_error(c, ret, "out of memory");
 out:
 	names_free(&nl);
 	return ret;
-nomem:
-	ret = wr_error(c, -ENOMEM, "out of memory");
-	goto out;
 }
 
 static int cmp_fent(const void *a, const void *b)
@@ -645,8 +630,7 @@ static int cmp_fent(const void *a, const void *b)
 	return strcmp((*(struct fent *const *)a)->name, (*(struct fent *const *)b)->name);
 }
 
-static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int nsrcs,
-		     const char *rel)
+static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int nsrcs)
 {
 	struct fmap m = { 0 };
 	struct fent **kids = NULL;
@@ -658,7 +642,7 @@ static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int ns
 	/* srcs already ends at the first layer where this directory is opaque (merge_layer
 	 * stopped collecting there); the root, like the kernel's, merges every layer. */
 	for (int i = 0; i < nsrcs; i++) {
-		ret = merge_layer(c, &m, &srcs[i], rel);
+		ret = merge_layer(c, &m, &srcs[i]);
 		if (ret)
 			goto out;
 	}
@@ -688,15 +672,10 @@ static int merge_dir(struct wctx *c, struct wnode *dn, struct dsrc *srcs, int ns
 	/* Recurse after the map's names are settled; only the child's layer list survives. */
 	for (size_t i = 0; i < nkids; i++) {
 		struct wnode *n = dn->children[i];
-		char *crel;
 
 		if (!S_ISDIR(n->mode))
 			continue;
-		crel = join(rel, n->name);
-		if (!crel)
-			goto nomem;
-		ret = merge_dir(c, n, kids[i]->srcs, kids[i]->nsrcs, crel);
-		free(crel);
+		ret = merge_dir(c, n, kids[i]->srcs, kids[i]->nsrcs);
 		if (ret)
 			goto out;
 	}
@@ -733,7 +712,7 @@ int wr_flatten(struct wctx *c)
 	ret = fill_node(c, c->root, &srcs[0], &st);
 	if (ret)
 		goto out;
-	ret = merge_dir(c, c->root, srcs, c->nlayers, "");
+	ret = merge_dir(c, c->root, srcs, c->nlayers);
 out:
 	free(srcs);
 	return ret;

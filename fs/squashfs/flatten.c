@@ -353,6 +353,26 @@ nomem:
 
 /* ---- nodes ----------------------------------------------------------------------- */
 
+int wnode_path(const struct wnode *n, char *buf, size_t size)
+{
+	size_t len = 0, pos;
+
+	for (const struct wnode *x = n; x->parent; x = x->parent)
+		len += strlen(x->name) + (x->parent->parent ? 1 : 0);
+	if (len >= size)
+		return -ENAMETOOLONG;
+	buf[len] = 0;
+	pos = len;
+	for (const struct wnode *x = n; x->parent; x = x->parent) {
+		size_t l = strlen(x->name);
+		pos -= l;
+		memcpy(buf + pos, x->name, l);
+		if (x->parent->parent)
+			buf[--pos] = '/';
+	}
+	return 0;
+}
+
 static uint32_t clamp_time(const struct sqfs_writer_opts *o, time_t t)
 {
 	if (o->mtime >= 0)
@@ -487,8 +507,7 @@ static int fill_node(struct wctx *c, struct wnode *n, struct dsrc *s, const stru
 		n->size = (uint64_t)st->st_size;
 		n->layer = s->l;
 		n->ref = s->ref;
-		n->src = strdup(s->path);
-		if (!n->src || add_file(c, n))
+		if (add_file(c, n))
 			return wr_error(c, -ENOMEM, "out of memory");
 		return 0;
 	case S_IFLNK: {
@@ -725,7 +744,6 @@ static void free_node(struct wnode *n)
 	free(n->children);
 	free(n->name);
 	free(n->symlink);
-	free(n->src);
 	free(n->blocks);
 	free(n->pre);
 	free(n);

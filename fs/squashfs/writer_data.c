@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -416,6 +417,16 @@ static int flush_frag(struct pipe *p)
 	return submit(p, s);
 }
 
+/* Error about file f, named by its path in its layer. */
+static int file_error(struct wctx *c, struct wnode *f, int err, const char *what)
+{
+	char path[PATH_MAX];
+
+	if (wnode_path(f, path, sizeof(path)))
+		strcpy(path, "...");
+	return wr_error(c, err, "%s %s/%s", what, f->layer->spec, path);
+}
+
 static int read_full(struct wctx *c, struct wnode *f, struct layer_file *lf, void *buf,
 		     size_t len, uint64_t off)
 {
@@ -427,10 +438,9 @@ static int read_full(struct wctx *c, struct wnode *f, struct layer_file *lf, voi
 		if (n == -EINTR)
 			continue;
 		if (n < 0)
-			return wr_error(c, (int)n, "cannot read %s/%s", f->layer->spec, f->src);
+			return file_error(c, f, (int)n, "cannot read");
 		if (n == 0)
-			return wr_error(c, -EIO, "%s/%s changed size while being read",
-					f->layer->spec, f->src);
+			return file_error(c, f, -EIO, "file shrank while being read:");
 		got += (size_t)n;
 	}
 	return 0;
@@ -438,11 +448,14 @@ static int read_full(struct wctx *c, struct wnode *f, struct layer_file *lf, voi
 
 static int open_src(struct wctx *c, struct wnode *f, struct layer_file **lf)
 {
-	struct lnode ln = { .path = f->src, .ref = f->ref };
-	int ret = f->layer->ops->open(f->layer, &ln, O_RDONLY, lf);
+	char path[PATH_MAX];
+	struct lnode ln = { .path = path, .ref = f->ref };
+	int ret = wnode_path(f, path, sizeof(path));
 
+	if (!ret)
+		ret = f->layer->ops->open(f->layer, &ln, O_RDONLY, lf);
 	if (ret < 0)
-		return wr_error(c, ret, "cannot open %s/%s", f->layer->spec, f->src);
+		return file_error(c, f, ret, "cannot open");
 	return 0;
 }
 
@@ -542,11 +555,14 @@ static int end_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 /* Read all of a small file without reporting: the reader reports errors in order. */
 static int read_whole(struct wnode *f, unsigned char *buf)
 {
-	struct lnode ln = { .path = f->src, .ref = f->ref };
+	char path[PATH_MAX];
+	struct lnode ln = { .path = path, .ref = f->ref };
 	struct layer_file *lf;
 	size_t got = 0;
-	int ret = f->layer->ops->open(f->layer, &ln, O_RDONLY, &lf);
+	int ret = wnode_path(f, path, sizeof(path));
 
+	if (!ret)
+		ret = f->layer->ops->open(f->layer, &ln, O_RDONLY, &lf);
 	if (ret < 0)
 		return ret;
 	while (got < f->size) {
@@ -691,7 +707,7 @@ static int stream_file(struct pipe *p, struct wnode *f, XXH3_state_t *hs)
 		return 0;
 	if (f->pre_state == PF_READY) {
 		if (f->pre_err)
-			return wr_error(c, f->pre_err, "cannot read %s/%s", f->layer->spec, f->src);
+			return file_error(c, f, f->pre_err, "cannot read");
 		memcpy(p->tailbuf, f->pre, tail);
 		__atomic_add_fetch(&c->st->bytes_in, tail, __ATOMIC_RELAXED);
 		return add_tail(p, f, tail);

@@ -44,9 +44,9 @@ struct wnode {
 	char *symlink;
 	struct wx_set *xattrs;
 
-	/* where the data comes from (regular files) */
+	/* where the data comes from (regular files): the layer, at the node's own path
+	 * (see wnode_path(); not stored, it is the same in every layer) */
 	struct layer *layer;
-	char *src;                   /* path inside the layer */
 	uint64_t ref;
 
 	/* data results (regular files) */
@@ -71,6 +71,10 @@ static inline struct wnode *wnode_owner(struct wnode *n)
 {
 	return n->link ? n->link : n;
 }
+
+/* The node's path from the root ("a/b/c"), which is also its path inside its layer.
+ * -ENAMETOOLONG if it does not fit (the walk refuses such paths). */
+int wnode_path(const struct wnode *n, char *buf, size_t size);
 
 /* A growable byte buffer. */
 struct wbuf {

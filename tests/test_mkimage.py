@@ -217,10 +217,12 @@ def test_stack_matches_kernel_overlay(tdir):
     img = tdir / "out.sqfs"
     squash(img, *lowers)
     unsquashfs_stat_ok(img)
-    with overlay(lowers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
-        assert_same(view(o, nlink=False), view(m, nlink=False), ("overlay", "image"))
-    # no whiteouts, no overlay xattrs left in the image itself
     out = unsquashfs(img, tdir / "x")
+    with overlay(lowers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        ov = view(o, nlink=False)
+        assert_same(ov, view(m, nlink=False), ("overlay", "kernel squashfs"))
+        assert_same(ov, view(out, nlink=False), ("overlay", "unsquashfs"))
+    # no whiteouts, no overlay xattrs left in the image itself
     for dirpath, dirnames, filenames in os.walk(out):
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)

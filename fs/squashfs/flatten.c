@@ -435,28 +435,50 @@ struct wnode *wr_next_file(struct wctx *c, size_t i, int *err)
 	return f;
 }
 
+static size_t hl_hash(int layer, ino_t ino, size_t nb)
+{
+	return (XXH3_64bits(&ino, sizeof(ino)) + (size_t)layer) & (nb - 1);
+}
+
+static int hl_grow(struct wctx *c)
+{
+	size_t nb = c->hl_buckets ? c->hl_buckets * 2 : 4096;
+	struct hl_ent **b = calloc(nb, sizeof(*b));
+
+	if (!b)
+		return -ENOMEM;
+	for (size_t i = 0; i < c->hl_buckets; i++)
+		for (struct hl_ent *e = c->hl[i], *nx; e; e = nx) {
+			size_t h = hl_hash(e->layer, e->ino, nb);
+			nx = e->next;
+			e->next = b[h];
+			b[h] = e;
+		}
+	free(c->hl);
+	c->hl = b;
+	c->hl_buckets = nb;
+	return 0;
+}
+
 /* Hard links: a non-directory with st_nlink > 1 is the same inode as an earlier name with
- * the same (layer, st_ino).  Returns the owner, or NULL and records n as a new owner. */
+ * the same (layer, st_ino).  Returns the owner, or NULL and records n as a new owner.
+ * (Trees made with `cp -al` have every file linked elsewhere: the table must scale.) */
 static struct wnode *hardlink_owner(struct wctx *c, struct layer *l, const struct stat *st,
 				    struct wnode *n, int *err)
 {
+	struct hl_ent *e;
 	size_t h;
 
 	*err = 0;
-	if (!c->hl_buckets) {
-		c->hl_buckets = 4096;
-		c->hl = calloc(c->hl_buckets, sizeof(*c->hl));
-		if (!c->hl) {
-			*err = -ENOMEM;
-			return NULL;
-		}
+	if (c->hl_count >= c->hl_buckets && hl_grow(c)) {
+		*err = -ENOMEM;
+		return NULL;
 	}
-	h = (XXH3_64bits(&st->st_ino, sizeof(st->st_ino)) + (size_t)l->index) &
-	    (c->hl_buckets - 1);
-	for (struct hl_ent *e = c->hl[h]; e; e = e->next)
+	h = hl_hash(l->index, st->st_ino, c->hl_buckets);
+	for (e = c->hl[h]; e; e = e->next)
 		if (e->layer == l->index && e->ino == st->st_ino)
 			return e->owner;
-	struct hl_ent *e = malloc(sizeof(*e));
+	e = malloc(sizeof(*e));
 	if (!e) {
 		*err = -ENOMEM;
 		return NULL;
@@ -466,6 +488,7 @@ static struct wnode *hardlink_owner(struct wctx *c, struct layer *l, const struc
 	e->owner = n;
 	e->next = c->hl[h];
 	c->hl[h] = e;
+	c->hl_count++;
 	return NULL;
 }
 

@@ -127,7 +127,7 @@ struct wctx {
 
 	/* hard links: (layer index, st_ino) -> owner */
 	struct hl_ent **hl;
-	size_t hl_buckets;
+	size_t hl_buckets, hl_count;
 
 	struct wx_set **xset_hash;
 	size_t xset_buckets;

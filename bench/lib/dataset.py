@@ -46,7 +46,7 @@ zoneinfo""".split()
 QUICK = dict(small_dirs=10, small_per_dir=100, bigdir=3000, big_mib=32, untar_files=500,
              stat_paths=1000, stat_rounds=3, randreads=1000, mdtest_procs=2, mdtest_files=100,
              write_mib=32)
-FULL = dict(small_dirs=200, small_per_dir=100, bigdir=100000, big_mib=1024, untar_files=20000,
+FULL = dict(small_dirs=100, small_per_dir=100, bigdir=100000, big_mib=1024, untar_files=20000,
             stat_paths=20000, stat_rounds=5, randreads=20000, mdtest_procs=4,
             mdtest_files=2000, write_mib=1024)
 

@@ -123,6 +123,9 @@ def run_squash(ctx, add):
                     strata=(tool == "mkimage"))
             except NA as e:
                 add(ctx, "squash", comp, tool, reason=str(e), strata=(tool == "mkimage"))
+            except OSError as e:
+                add(ctx, "squash", comp, tool, reason="failed: %s" % e,
+                    strata=(tool == "mkimage"))
     for p in (out, tar):
         if os.path.exists(p):
             os.unlink(p)
@@ -184,7 +187,7 @@ def run_import(ctx, add):
                 os.sync()
                 samples.append(timed(cmd, timeout=ctx.timeout)[0])
             add(ctx, "import", "import", name, samples, strata=name.startswith("strata"))
-        except NA as e:
+        except (NA, OSError) as e:
             add(ctx, "import", "import", name, reason=str(e), strata=name.startswith("strata"))
         rmtree(dst)
 
@@ -268,6 +271,9 @@ def _netfs_runs(ctx, add, backend, mount_storage, counts):
             add(ctx, "netfs", backend, s, samples, extra=extra, kind=_kind(s))
         except NA as e:
             add(ctx, "netfs", backend, s, reason=str(e), kind=_kind(s))
+        except (OSError, ValueError, KeyError) as e:
+            add(ctx, "netfs", backend, s, reason="failed: %s: %s" % (type(e).__name__, e),
+                kind=_kind(s))
         rmtree(os.path.join(ctx.root, "mnt", s.key))
 
 

@@ -11,8 +11,12 @@ holding a copy of whatever the workload changes (so "rm -rf" removes the same tr
 """
 import os
 import shutil
+import time
 
 from common import NA, drop_caches, fresh_dir, kv, rmtree, sh, timed
+
+# A run longer than this (s) caps the runs of that system: 3 warm, 2 cold/fresh (> 3×SLOW).
+SLOW = 5.0
 
 
 class Workload:
@@ -46,10 +50,12 @@ def run_tool(ctx, cmd, **kw):
 
 
 class WalkWarm(Workload):
+    """The whole tree but bigdir/, which has its own row (and would drown the rest)."""
     key, title, check = "walk_warm", "tree walk, warm (lstat every entry)", "entries"
 
     def run(self, ctx, path, native):
-        return run_tool(ctx, [tool(ctx, "walk"), "tree", path])
+        return run_tool(ctx, [tool(ctx, "walk"), "tree"] +
+                        [os.path.join(path, d) for d in ("usr", "small", "data")])
 
 
 class WalkCold(WalkWarm):
@@ -214,31 +220,68 @@ ALL = [WalkWarm(), WalkCold(), StatStorm(), ReaddirBig(), PyImportWarm(), PyImpo
        RmRf(), Mdtest()]
 
 
+def save_logs(ctx, base, name):
+    """A failed system's daemon logs (tails) go next to the report, for the bug report."""
+    logs = []
+    for dp, dn, fn in os.walk(base):
+        dn[:] = [d for d in dn if d not in ("mnt", "lower", "upper", "work")]
+        logs += [os.path.join(dp, f) for f in fn if f.endswith(".log")]
+    for lg in logs:
+        try:
+            with open(lg, "rb") as f:
+                f.seek(max(0, os.path.getsize(lg) - 20000))
+                tail = f.read()
+            os.makedirs(os.path.join(ctx.outdir, "logs"), exist_ok=True)
+            with open(os.path.join(ctx.outdir, "logs", "%s-%s" % (name, os.path.basename(lg))),
+                      "wb") as f:
+                f.write(tail)
+        except OSError:
+            pass
+
+
 def measure(ctx, w, system, src):
-    """Samples (seconds) and extras of one workload on one system; raises NA."""
+    """Samples and extras of one workload on one system; anything going wrong (a daemon
+    dying, ENOTCONN, a timeout) becomes NA with the reason, never a crash of the suite."""
     if w.write and not system.writable:
         raise NA("read-only")
     system.check(ctx)
-    native = system.key == "native"
     base = os.path.join(ctx.root, "mnt", system.key)
+    try:
+        return _measure(ctx, w, system, src, base)
+    except NA:
+        save_logs(ctx, base, "%s-%s" % (w.key, system.key))
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        save_logs(ctx, base, "%s-%s" % (w.key, system.key))
+        raise NA("failed: %s: %s" % (type(e).__name__, e))
+    finally:
+        rmtree(base)
+
+
+def _measure(ctx, w, system, src, base):
+    native = system.key == "native"
     samples, extra = [], {}
+    runs = w.runs(ctx)
     if w.mode == "warm":
         m = system.mount(ctx, src, fresh_dir(base))
         try:
             w.setup(ctx, m.path, native)
             ctx.progress.update("%s · %s · warm-up" % (w.key, system.key), True)
+            t0 = time.perf_counter()
             w.run(ctx, m.path, native)
-            for i in range(w.runs(ctx)):
+            if time.perf_counter() - t0 > SLOW:
+                runs = min(runs, 3)             # a slow system: fewer runs, same warm-up
+            for i in range(runs):
                 ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1,
-                                                            w.runs(ctx)), True)
+                                                            runs), True)
                 secs, extra = w.run(ctx, m.path, native)
                 samples.append(secs)
         finally:
             m.close()
         return samples, extra
-    for i in range(w.runs(ctx)):
-        ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1, w.runs(ctx)),
-                            True)
+    i = 0
+    while i < runs:
+        ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1, runs), True)
         m = system.mount(ctx, src, fresh_dir(base))
         try:
             w.setup(ctx, m.path, native)
@@ -248,5 +291,7 @@ def measure(ctx, w, system, src):
             samples.append(secs)
         finally:
             m.close()
-            rmtree(base)
+        if i == 0 and secs > 3 * SLOW:
+            runs = min(runs, 2)
+        i += 1
     return samples, extra

@@ -127,7 +127,8 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 	double done = (double)__atomic_load_n(&st->bytes_in, __ATOMIC_RELAXED);
 	double total = (double)__atomic_load_n(&st->total_bytes, __ATOMIC_RELAXED);
 	unsigned long long files = __atomic_load_n(&st->files, __ATOMIC_RELAXED);
-	double frac = total > 0 ? done / total : 1;
+	int walking = __atomic_load_n(&st->walking, __ATOMIC_RELAXED);
+	double frac = walking ? 0 : total > 0 ? done / total : 1;
 	double rate = st->seconds > 0 ? done / st->seconds : 0;
 	int w = (int)(frac * 30);
 
@@ -140,7 +141,10 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 	for (int i = 0; i < 30; i++)
 		bar[i] = i < w ? '#' : '.';
 	bar[30] = 0;
-	fmt_eta(rate > 0 ? (total - done) / rate : -1, eta, sizeof(eta));
+	if (walking)
+		snprintf(eta, sizeof(eta), "-- (still scanning)");   /* the totals are still growing */
+	else
+		fmt_eta(rate > 0 ? (total - done) / rate : -1, eta, sizeof(eta));
 	printf("\r\033[K[%s] %3d%% %llu/%llu files %s/%s %s/s ETA %s", bar, (int)(frac * 100),
 	       (unsigned long long)st->files_done, files,
 	       mk_human(done, a, sizeof(a)), mk_human(total, b, sizeof(b)),

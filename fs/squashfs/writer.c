@@ -244,6 +244,7 @@ static void *walk_main(void *arg)
 	c->walk_err = ret;
 	c->walk_done = true;
 	c->st->walk_seconds = (double)(wr_now_ns() - c->start_ns) / 1e9;
+	__atomic_store_n(&c->st->walking, 0, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&c->files_cv);
 	pthread_mutex_unlock(&c->files_mu);
 	return NULL;
@@ -305,6 +306,7 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 		goto out;
 	optlen = sqfs_codec_options(&opts.codec, copts);
 	c.pos = sizeof(sb) + (optlen ? 2 + optlen : 0);
+	st->walking = 1;
 	if (pthread_create(&walker, NULL, walk_main, &c)) {
 		ret = wr_error(&c, -EAGAIN, "cannot start the walk thread");
 		goto out;

@@ -28,6 +28,7 @@ struct sqfs_squash_stats {
 	uint64_t hardlinks;      /* names that share an earlier name's inode */
 	uint64_t total_bytes;    /* bytes of regular file data to read */
 	/* running, then final */
+	int walking;             /* 1 while the walk is still finding files (read atomically) */
 	uint64_t files_done;
 	uint64_t bytes_in;       /* file data read so far */
 	uint64_t bytes_out;      /* image bytes written so far */

@@ -10,6 +10,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: mkimage squash [options] -o OUT.sqfs LAYER [LAYER...]\n"
 		"       mkimage inspect [--json] IMAGE\n"
+		"       mkimage audit [--json] [--all] [--fail-on WHAT] LAYER [LAYER...]\n"
 		"       mkimage --help | --version\n"
 		"Layers are listed top first, like lowerdir=.  See mkimage(1).\n");
 }
@@ -45,6 +46,8 @@ int main(int argc, char **argv)
 		return cmd_squash(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "inspect"))
 		return cmd_inspect(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "audit"))
+		return cmd_audit(argc - 1, argv + 1);
 	fprintf(stderr, "mkimage: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	return MKIMAGE_EXIT_USAGE;

@@ -152,18 +152,24 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 	fflush(stdout);
 }
 
-static void summary(const char *out, const struct sqfs_squash_stats *st)
+static void summary(const char *out, const struct sqfs_squash_stats *st,
+		    const char *const *layers, int nlayers)
 {
-	char a[32], b[32], d[32];
+	char a[32], b[32], d[32], h[32], hidden[96] = "";
 	double in = (double)st->total_bytes;
+	uint64_t hfiles, hbytes;
 
+	/* what the stack hides and the image therefore leaves out (see mkimage audit) */
+	if (!mk_hidden_bytes(layers, nlayers, &hfiles, &hbytes))
+		snprintf(hidden, sizeof(hidden), "%s hidden left out (%llu files), ",
+			 mk_human((double)hbytes, h, sizeof(h)), (unsigned long long)hfiles);
 	printf("%s: %llu files, %llu dirs, %s in, %s image (%.1f%%), %s deduplicated, "
-	       "%u inodes, %.2f s\n", out, (unsigned long long)st->files,
+	       "%s%u inodes, %.2f s\n", out, (unsigned long long)st->files,
 	       (unsigned long long)st->dirs, mk_human(in, a, sizeof(a)),
 	       mk_human((double)st->image_bytes, b, sizeof(b)),
 	       in > 0 ? 100.0 * (double)st->image_bytes / in : 0.0,
 	       mk_human((double)(st->dup_bytes + st->dup_frag_bytes), d, sizeof(d)),
-	       st->inodes, st->seconds);
+	       hidden, st->inodes, st->seconds);
 }
 
 /* ---- the command ----------------------------------------------------------------- */
@@ -257,7 +263,7 @@ static int squash_main(int argc, char **argv, const char **ex)
 		return MKIMAGE_EXIT_ERROR;
 	}
 	if (!quiet)
-		summary(out, &st);
+		summary(out, &st, (const char *const *)argv + optind, argc - optind);
 	if (getenv("MKIMAGE_TIMES"))
 		fprintf(stderr, "walk %.2f s, data %.2f s, total %.2f s\n", st.walk_seconds,
 			st.data_seconds, st.seconds);

@@ -15,14 +15,15 @@
 #include <unistd.h>
 
 #include "strata.h"
+#include "overlay/audit.h"
 
 #define MAX_ARGS 16
 #define MAX_LABELS 64
 
 struct cli {
 	const char *root;
-	bool json, force;
-	const char *parent, *digest, *diff_id, *output, *comp, *compress, *backend;
+	bool json, force, all;
+	const char *parent, *digest, *diff_id, *output, *comp, *compress, *backend, *fail_on;
 	struct strata_label labels[MAX_LABELS];
 	size_t nlabels;
 	const char *args[MAX_ARGS];
@@ -47,6 +48,8 @@ static void usage(FILE *f)
 	      "  image import OCI-DIR[:REF] [NAME]\n"
 	      "  squash KEY NAME [--comp lz4|zstd|gzip|xz|none] [--output FILE]\n"
 	      "  check                                   verify the store's integrity\n"
+	      "  audit KEY [--all] [--fail-on hidden-secret|any-secret|never]\n"
+	      "                                          what the chain hides; secrets (exit 3)\n"
 	      "See strata(1).\n", f);
 }
 
@@ -139,6 +142,7 @@ static int parse_args(struct cli *c, int argc, char **argv)
 		{ "--comp", offsetof(struct cli, comp) },
 		{ "--compress", offsetof(struct cli, compress) },
 		{ "--backend", offsetof(struct cli, backend) },
+		{ "--fail-on", offsetof(struct cli, fail_on) },
 		{ "--label", 0 },
 	};
 	bool opts = true;
@@ -164,6 +168,10 @@ static int parse_args(struct cli *c, int argc, char **argv)
 		}
 		if (!strcmp(a, "--force") || !strcmp(a, "-f")) {
 			c->force = true;
+			continue;
+		}
+		if (!strcmp(a, "--all")) {
+			c->all = true;
 			continue;
 		}
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -704,6 +712,83 @@ static int cmd_check(struct cli *c)
 	return n ? 1 : 0;
 }
 
+/* The layer paths of KEY's chain, top first (what `strata mounts` stacks). */
+static int chain_paths(struct cli *c, const char *key, char ***paths, int *n)
+{
+	char *cur = strdup(key), **v = NULL;
+	int ret = 0;
+
+	*n = 0;
+	while (cur && !ret) {
+		struct strata_snapshot snap;
+		char **nv = realloc(v, (*n + 1) * sizeof(*v));
+
+		if (!nv) {
+			ret = -ENOMEM;
+			break;
+		}
+		v = nv;
+		ret = strata_stat(c->s, cur, &snap);
+		free(cur);
+		cur = NULL;
+		if (ret)
+			break;
+		v[*n] = strdup(snap.path);
+		if (v[*n])
+			(*n)++;
+		else
+			ret = -ENOMEM;
+		if (snap.parent && !ret && !(cur = strdup(snap.parent)))
+			ret = -ENOMEM;
+		strata_snapshot_free(&snap);
+	}
+	free(cur);
+	*paths = v;
+	return ret;
+}
+
+static int cmd_audit(struct cli *c)
+{
+	struct audit_opts o = { .scan_hidden = true, .scan_visible = c->all };
+	enum audit_fail_on fail_on = AUDIT_FAIL_HIDDEN_SECRET;
+	struct audit_result r;
+	char **paths = NULL, err[1024], *js;
+	int n = 0, ret;
+
+	if (need_args(c, 1, 1))
+		return usage_fail(c, "usage: audit KEY [--all] [--fail-on WHAT]");
+	if (c->fail_on && audit_parse_fail_on(c->fail_on, &fail_on))
+		return usage_fail(c, "--fail-on is hidden-secret, any-secret or never");
+	if (fail_on == AUDIT_FAIL_ANY_SECRET)
+		o.scan_visible = true;
+	ret = chain_paths(c, c->args[1], &paths, &n);
+	if (ret == -ENOMEM)
+		ret = fail(c, ret, "out of memory");
+	else if (ret)
+		ret = lib_fail(c, ret);
+	else if ((ret = audit_paths((const char *const *)paths, n, &o, &r, err, sizeof(err))))
+		ret = fail(c, ret, err);
+	for (int i = 0; i < n; i++)
+		free(paths[i]);
+	free(paths);
+	if (ret)
+		return ret;
+	if (c->json) {
+		js = audit_json(&r);
+		if (!js) {
+			audit_result_free(&r);
+			return fail(c, -ENOMEM, "out of memory");
+		}
+		puts(js);
+		free(js);
+	} else {
+		audit_print(stdout, &r, 20, "strata squash");
+	}
+	ret = audit_exit_code(&r, fail_on);
+	audit_result_free(&r);
+	return ret;
+}
+
 static int run(struct cli *c)
 {
 	const char *cmd = c->args[0];
@@ -742,6 +827,8 @@ static int run(struct cli *c)
 		return cmd_squash(c);
 	if (!strcmp(cmd, "check") || !strcmp(cmd, "fsck"))
 		return cmd_check(c);
+	if (!strcmp(cmd, "audit"))
+		return cmd_audit(c);
 	return usage_fail(c, "unknown command");
 }
 

@@ -138,6 +138,11 @@ def run_side(kind, base, layers, ops, upper_entries, opts):
         ops(log)
         s.log = log.items
         s.merged = union.snapshot(s.mnt)
+    s.unmount_problem = None
+    if kind != "kernel" and m.unmounted_by and m.unmounted_by[0] != "fusermount3":
+        s.unmount_problem = f"{kind}: needed {' '.join(m.unmounted_by)} to unmount"
+    if m.daemon_exited is False:
+        s.unmount_problem = f"{kind}: the daemon did not exit after unmount (killed)"
     s.upper_snap = union.upper_snapshot(s.upper)
     return s
 
@@ -181,7 +186,7 @@ def run_diff(tdir, layers, ops, upper_entries=None, impl_opts=(), kernel_opts=()
     `ignore`: snapshot fields to leave out of the comparisons (e.g. 'mtime')."""
     k = run_side("kernel", tdir / "kernel", layers, ops, upper_entries, kernel_opts)
     i = run_side("impl", tdir / "impl", layers, ops, upper_entries, impl_opts)
-    problems = []
+    problems = [s.unmount_problem for s in (k, i) if s.unmount_problem]
     d = diff_logs(k.log, i.log)
     if d:
         problems.append("operation outcomes differ:\n" + d)
@@ -258,6 +263,16 @@ def mv(src, dst):
             raise
     p = subprocess.run(["mv", "-T", src, dst], stderr=subprocess.PIPE, text=True)
     return "ok" if p.returncode == 0 else "mv failed: " + p.stderr.strip()
+
+
+def with_fd(path, flags, fn):
+    """fn(fd) on a freshly opened fd that is always closed (an fd left open keeps the
+    mount busy and the daemon alive after the test)."""
+    fd = os.open(path, flags)
+    try:
+        return fn(fd)
+    finally:
+        os.close(fd)
 
 
 def ino_of(path):
@@ -545,7 +560,7 @@ def test_device_nodes(tdir):
         L.do("write null", wr, L.p("cdev"), b"into the void", os.O_WRONLY)
         L.do("read null", rd, L.p("cdev"))
         L.do("mknod zero", os.mknod, L.p("zero"), stat.S_IFCHR | 0o666, os.makedev(1, 5))
-        L.do("read zero", lambda: os.pread(os.open(L.p("zero"), os.O_RDONLY), 4, 0))
+        L.do("read zero", with_fd, L.p("zero"), os.O_RDONLY, lambda fd: os.pread(fd, 4, 0))
         L.do("stat", st, L.p("cdev"))
     run_diff(tdir, rich_stack(), ops)
 
@@ -801,7 +816,7 @@ def test_inode_numbers(tdir):
         devs = {os.lstat(os.path.join(dp, x)).st_dev
                 for dp, dn, fn in os.walk(L.root) for x in dn + fn}
         L.note("one st_dev", len(devs | {os.stat(L.root).st_dev}) == 1)
-        L.note("fstat agrees", os.fstat(os.open(L.p("b.txt"), os.O_RDONLY)).st_ino == ino["b.txt"])
+        L.note("fstat agrees", with_fd(L.p("b.txt"), os.O_RDONLY, os.fstat).st_ino == ino["b.txt"])
     run_diff(tdir, rich_stack(), ops)
 
 
@@ -898,7 +913,7 @@ def test_fallocate_and_fsync(tdir):
         L.do("fsync dir", os.fsync, dfd)
         os.close(dfd)
         L.do("sync", os.sync)
-        L.do("syncfs", lambda: _libc.syncfs(os.open(L.p("."), os.O_RDONLY)))
+        L.do("syncfs", with_fd, L.p("."), os.O_RDONLY, _libc.syncfs)
     run_diff(tdir, rich_stack(), ops)
 
 
@@ -950,7 +965,7 @@ def test_statfs(tdir):
                (u.f_bsize, u.f_frsize, u.f_blocks, u.f_files))
         L.note("namemax", m.f_namemax)
         L.note("free near upper's", abs(m.f_bfree - u.f_bfree) < u.f_blocks // 100)
-        L.note("fstatfs", os.fstatvfs(os.open(L.p("a.txt"), os.O_RDONLY)).f_blocks == m.f_blocks)
+        L.note("fstatfs", with_fd(L.p("a.txt"), os.O_RDONLY, os.fstatvfs).f_blocks == m.f_blocks)
     run_diff(tdir, rich_stack(), ops)
 
 
@@ -1149,11 +1164,11 @@ def small_stack():
 
 
 @fo_differs("devices/fifos copied up as files, hard links, setgid, ACLs (see other cases)")
-@pytest.mark.parametrize("n", range(int(os.environ.get("STRATA_RANDOM_RUNS", "3"))))
+@pytest.mark.parametrize("n", range(int(os.environ.get("STRATA_RANDOM_RUNS", "4"))))
 def test_random_ops(tdir, n):
     seed = int(os.environ["STRATA_SEED"]) if "STRATA_SEED" in os.environ \
         else random.SystemRandom().randrange(1 << 32)
-    count = int(os.environ.get("STRATA_RANDOM_OPS", "150"))
+    count = int(os.environ.get("STRATA_RANDOM_OPS", "300"))
     ops, ops_list = random_ops(seed, count)
     print(f"random-op seed: {seed} (replay: STRATA_SEED={seed} pytest -k test_random_ops)")
     try:

@@ -136,19 +136,25 @@ def wait_gone(pids, timeout=5.0):
 
 def force_unmount(path, pids=()):
     """Unmount whatever is at `path`: fusermount3 -u, then umount, then umount -l; then end
-    the daemons (by pid) if they did not exit by themselves."""
+    the daemons (by pid) if they did not exit by themselves.  Returns (how, exited): the
+    command that unmounted it and whether the daemons exited without being signalled."""
     path = str(path)
+    how = None
     for cmd in (["fusermount3", "-u", path], ["umount", path], ["umount", "-l", path]):
         if not is_mounted(path):
             break
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        how = cmd
+    exited = True
     if pids and not wait_gone(pids, 5):
+        exited = False
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for p in pids:
                 with contextlib.suppress(OSError):
                     os.kill(p, sig)
             if wait_gone(pids, 3):
                 break
+    return how, exited
 
 
 def cleanup_tree(base):
@@ -193,6 +199,8 @@ class Mount:
         self.opts = list(opts)
         self.pids = []
         self.stderr = ""
+        self.unmounted_by = None
+        self.daemon_exited = None
 
     def __enter__(self):
         self.start()
@@ -202,7 +210,9 @@ class Mount:
         self.stop()
 
     def stop(self):
-        force_unmount(self.mnt, self.pids)
+        how, exited = force_unmount(self.mnt, self.pids)
+        if self.unmounted_by is None:
+            self.unmounted_by, self.daemon_exited = how, exited
 
     def path(self, rel=""):
         return os.path.join(self.mnt, rel) if rel else str(self.mnt)

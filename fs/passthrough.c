@@ -202,12 +202,16 @@ int pt_backing_open(struct pt_state *pt, int fd)
 	struct pt_backing_map map = { .fd = fd };
 	int id = ioctl(pt->devfd, PT_IOC_BACKING_OPEN, &map);
 
-	return id < 0 ? -errno : id;
+	if (id < 0)
+		return -errno;
+	__atomic_add_fetch(&pt->backing_live, 1, __ATOMIC_RELAXED);
+	return id;
 }
 
 void pt_backing_close(struct pt_state *pt, int id)
 {
 	uint32_t v = (uint32_t)id;
 
-	ioctl(pt->devfd, PT_IOC_BACKING_CLOSE, &v);
+	if (ioctl(pt->devfd, PT_IOC_BACKING_CLOSE, &v) == 0)
+		__atomic_sub_fetch(&pt->backing_live, 1, __ATOMIC_RELAXED);
 }

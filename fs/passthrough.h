@@ -19,6 +19,7 @@ struct pt_state {
 	int (*backing_of)(uint64_t fh);
 	void *lock;                     /* private: the unique -> opcode table */
 	uint64_t opens, backing_opens;  /* statistics */
+	int64_t backing_live;           /* registered backing files not yet released */
 };
 
 /* Before mounting: does this kernel do passthrough and may we use it?  0, or -errno with

@@ -42,6 +42,7 @@ struct sfs_fh {
 	struct layer_file *lf;
 	struct layer *l;
 	struct ovl_node *node;
+	struct layer_file *old_lf;      /* the lower file it read before a copy-up */
 	int backing;                    /* passthrough backing id, 0 for none */
 	bool cached;                    /* counted in node->cached_opens */
 };
@@ -383,21 +384,24 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 }
 
 /*
- * Passthrough for an open file when it can be had: a host fd, and the kernel's rule that
- * all passthrough opens of an inode share one backing file and no cached open sits beside
- * them.  An open that cannot follow the rule goes through the daemon uncached (direct_io).
+ * Passthrough for an open file when it can be had.  The kernel's rules: every open of an
+ * inode that has a passthrough open must be a passthrough open on the same backing file,
+ * and no passthrough open may join cached ones.  So an inode with cached opens gets cached
+ * ones, and one whose open files pass through to one file takes only that file.  The one
+ * open that cannot follow -- a write open of a lower file (after its copy-up) while it is
+ * still open read-only through the mount -- fails with ETXTBSY: the kernel would refuse it
+ * with EIO, and passing writes to the lower file is not an option.
  */
-static void sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh,
-			struct fuse_file_info *fi)
+static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 {
 	struct stat st;
-	int id;
+	int id, ret = 0;
 
 	fh->node = n;
 	pthread_mutex_lock(&n->lock);
-	if (!s->pt.active || fh->fd < 0 || fstat(fh->fd, &st) < 0 || n->cached_opens) {
+	if (!s->pt.active || fh->fd < 0 || n->cached_opens || fstat(fh->fd, &st) < 0) {
 		if (n->pt_refs) {
-			fi->direct_io = 1;
+			ret = -ETXTBSY;
 		} else {
 			n->cached_opens++;
 			fh->cached = true;
@@ -407,7 +411,7 @@ static void sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh,
 			n->pt_refs++;
 			fh->backing = n->pt_id;
 		} else {
-			fi->direct_io = 1;      /* e.g. a copy-up while the lower file is open */
+			ret = -ETXTBSY;
 		}
 	} else if ((id = pt_backing_open(&s->pt, fh->fd)) > 0) {
 		n->pt_id = id;
@@ -420,6 +424,9 @@ static void sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh,
 		fh->cached = true;
 	}
 	pthread_mutex_unlock(&n->lock);
+	if (ret)
+		fh->node = NULL;
+	return ret;
 }
 
 static void sfs_pt_release(struct sfs *s, struct sfs_fh *fh)
@@ -445,6 +452,8 @@ static int sfs_backing_of(uint64_t fh)
 
 static void sfs_fh_free(struct sfs_fh *fh)
 {
+	if (fh->old_lf)
+		fh->l->ops->close(fh->old_lf);
 	if (fh->lf)
 		fh->l->ops->close(fh->lf);
 	else if (fh->fd >= 0)
@@ -463,7 +472,12 @@ static void sfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = (uintptr_t)fh;
 	fi->keep_cache = 1;     /* nothing but this daemon changes a layer */
-	sfs_pt_open(sfs_of(req), sfs_node(req, ino), fh, fi);
+	ret = sfs_pt_open(sfs_of(req), sfs_node(req, ino), fh);
+	if (ret) {
+		sfs_fh_free(fh);
+		fuse_reply_err(req, -ret);
+		return;
+	}
 	if (fuse_reply_open(req, fi) == -ENOENT) {
 		sfs_pt_release(sfs_of(req), fh);
 		sfs_fh_free(fh);
@@ -496,7 +510,7 @@ static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	fh->fd = fd;
 	fi->fh = (uintptr_t)fh;
 	fi->keep_cache = 1;
-	sfs_pt_open(sfs_of(req), n, fh, fi);
+	sfs_pt_open(sfs_of(req), n, fh);        /* a new node: nothing to conflict with */
 	sfs_entry(req, n, &st, &e);
 	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
 		sfs_pt_release(sfs_of(req), fh);
@@ -504,29 +518,66 @@ static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	}
 }
 
+/*
+ * A file opened read-only from a lower layer and copied up since (someone opened it for
+ * writing): from now on it reads the upper copy, as the kernel overlay's files do.  The old
+ * layer file stays open until release, since other threads may be reading through it.
+ */
+static void sfs_follow_copy_up(struct sfs *s, struct sfs_fh *fh)
+{
+	struct ovl_node *n = fh->node;
+	char path[PATH_MAX];
+	int fd;
+
+	if (!n || !fh->lf || fh->old_lf || !ovl_in_upper(&s->fs, n) ||
+	    fh->l == s->fs.layers[0])
+		return;
+	pthread_mutex_lock(&n->lock);
+	pthread_rwlock_rdlock(&s->fs.tree_lock);
+	if (!fh->old_lf && ovl_node_path(n, path, sizeof(path)) == 0) {
+		fd = openat(s->fs.upper_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			__atomic_store_n(&fh->old_lf, fh->lf, __ATOMIC_RELEASE);
+			__atomic_store_n(&fh->fd, fd, __ATOMIC_RELEASE);
+			__atomic_store_n(&fh->lf, NULL, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_rwlock_unlock(&s->fs.tree_lock);
+	pthread_mutex_unlock(&n->lock);
+}
+
 static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
 	struct sfs_fh *fh = sfs_fh(fi);
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	struct layer_file *lf;
 	ssize_t n;
 	char *buf;
+	int fd;
 
 	(void)ino;
 	__atomic_add_fetch(&sfs_of(req)->reads, 1, __ATOMIC_RELAXED);
-	if (fh->fd >= 0) {
+	sfs_follow_copy_up(sfs_of(req), fh);
+	fd = __atomic_load_n(&fh->fd, __ATOMIC_ACQUIRE);
+	if (fd >= 0) {
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		bv.buf[0].fd = fh->fd;
+		bv.buf[0].fd = fd;
 		bv.buf[0].pos = off;
 		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
 	}
+	/* An image file: decompressed here.  A copy-up racing with us may have moved the
+	 * layer file to old_lf; it stays open until release either way. */
+	lf = __atomic_load_n(&fh->lf, __ATOMIC_ACQUIRE);
+	if (!lf)
+		lf = __atomic_load_n(&fh->old_lf, __ATOMIC_ACQUIRE);
 	buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	n = fh->l->ops->read(fh->lf, buf, size, off);
+	n = fh->l->ops->read(lf, buf, size, off);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -724,9 +775,14 @@ static void sfs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &st);
 }
 
+static bool sfs_is_acl_xattr(const char *name)
+{
+	return strncmp(name, "system.posix_acl_", 17) == 0;
+}
+
 static bool sfs_xattr_hidden(struct sfs *s, const char *name)
 {
-	return wh_xattr_is_private(name) ||
+	return wh_xattr_is_private(name) || (s->cfg.noacl && sfs_is_acl_xattr(name)) ||
 	       (s->fs.o.xattr_permissions && strncmp(name, "user.", 5) == 0 &&
 		strstr(name, "override_stat"));
 }
@@ -740,11 +796,12 @@ static void sfs_reply_stats(fuse_req_t req, struct sfs *s, size_t size)
 	char buf[512];
 	int n = snprintf(buf, sizeof(buf),
 			 "passthrough=%s\nopens=%llu\npassthrough_opens=%llu\n"
-			 "read_requests=%llu\nwrite_requests=%llu\n",
+			 "read_requests=%llu\nwrite_requests=%llu\nbacking_files_open=%lld\n",
 			 s->pt.active ? "on" : "off",
 			 (unsigned long long)s->pt.opens, (unsigned long long)s->pt.backing_opens,
 			 (unsigned long long)__atomic_load_n(&s->reads, __ATOMIC_RELAXED),
-			 (unsigned long long)__atomic_load_n(&s->writes, __ATOMIC_RELAXED));
+			 (unsigned long long)__atomic_load_n(&s->writes, __ATOMIC_RELAXED),
+			 (long long)__atomic_load_n(&s->pt.backing_live, __ATOMIC_RELAXED));
 
 	if (!size)
 		fuse_reply_xattr(req, n);
@@ -768,6 +825,10 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 	}
 	if (s->fs.o.noxattrs) {
 		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : ENODATA);
+		return;
+	}
+	if (s->cfg.noacl && sfs_is_acl_xattr(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (sfs_xattr_hidden(s, name)) {
@@ -851,6 +912,10 @@ static void sfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 
 	if (s->fs.o.noxattrs) {
 		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : 0);
+		return;
+	}
+	if (s->cfg.noacl && sfs_is_acl_xattr(name)) {
+		fuse_reply_err(req, EOPNOTSUPP);
 		return;
 	}
 	if (sfs_xattr_hidden(s, name)) {

@@ -30,7 +30,7 @@ static const char *sfs_usage =
 "Options (-o):\n"
 "  lowerdir=A:B:...   lower layers, top first ('\\:' escapes a colon)\n"
 "  upperdir=DIR       writable layer               workdir=DIR  scratch, same fs as upperdir\n"
-"  uidmapping=C:H:N[:C:H:N...], gidmapping=...   map container ids to host ids\n"
+"  uidmapping=D:M:N[:D:M:N...], gidmapping=...   id D+i on disk is M+i in the mount\n"
 "  squash_to_root, squash_to_uid=N, squash_to_gid=N   show every file as owned by one id\n"
 "  xattr_permissions=0|1|2   keep owner/mode in user.containers.override_stat (1) or\n"
 "                     user.fuseoverlayfs.override_stat (2) instead of chown/chmod\n"
@@ -47,15 +47,16 @@ static const char *sfs_usage =
 /* Options libfuse / the kernel take as they are. */
 static const char *const sfs_fuse_opts[] = {
 	"allow_other", "allow_root", "default_permissions", "ro", "rw", "suid", "nosuid",
-	"dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
-	"strictatime", "nostrictatime", "diratime", "nodiratime", "sync", "async", "dirsync",
-	"auto_unmount", "blkdev", NULL
+	"dev", "nodev", "exec", "noexec", "atime", "noatime", "sync", "async", "dirsync",
+	"auto_unmount", NULL
 };
 static const char *const sfs_fuse_prefix[] = { "fsname=", "subtype=", "max_read=", NULL };
 /* Accepted for compatibility; nothing to do. */
 static const char *const sfs_ignored[] = {
-	"noacl", "lazytime", "nolazytime", "userxattr", "fast_ino", "debug", "splice_read",
-	"splice_write", "splice_move", NULL
+	"userxattr", "fast_ino", "debug", "splice_read", "splice_write", "splice_move",
+	/* atime flavours libfuse does not pass on; the upper's own filesystem decides */
+	"relatime", "norelatime", "strictatime", "nostrictatime", "diratime", "nodiratime",
+	"blkdev", "lazytime", "nolazytime", NULL
 };
 static const char *const sfs_ignored_prefix[] = {
 	"context=", "fscontext=", "defcontext=", "rootcontext=", "xino=",
@@ -151,8 +152,9 @@ static int sfs_parse_idmap(const char *val, struct ovl_idmap **out, int *n, cons
 				return -ENOMEM;
 			}
 			*out = m;
-			m[*n].inside = v[0];
-			m[*n].outside = v[1];
+			/* fuse-overlayfs's reading: id v0+i on disk is v1+i in the mount */
+			m[*n].outside = v[0];
+			m[*n].inside = v[1];
 			m[*n].count = v[2];
 			(*n)++;
 			k = 0;
@@ -332,6 +334,13 @@ int sfs_parse_args(int argc, char **argv, struct sfs_config *c)
 	c->threaded = true;
 	c->fsync = true;
 	c->passthrough = 1;
+	/* The default data path can come from the environment (a whole test suite, or a
+	 * runtime that cannot pass options, with passthrough off); -o passthrough= wins. */
+	if (getenv("STRATAFS_PASSTHROUGH")) {
+		const char *e = getenv("STRATAFS_PASSTHROUGH");
+
+		c->passthrough = !strcmp(e, "off") ? 0 : !strcmp(e, "on") ? 2 : 1;
+	}
 	c->o.squash_uid = c->o.squash_gid = -1;
 	c->o.timeout = 86400;
 	for (i = 1; i < argc; i++) {

@@ -194,36 +194,33 @@ int ovl_fs_init(struct ovl_fs *fs, char **lowers, int nlowers, const char *upper
 	for (i = 0; i < 64; i++)
 		pthread_mutex_init(&fs->hash_lock[i], NULL);
 
-	base = 0;
-	if (upper) {
-		if (ovl_setup_work(fs, upper, work, err, errlen) < 0)
+	/* Every check before anything is created: bad input touches nothing. */
+	base = upper ? 1 : 0;
+	for (i = 0; i < nlowers; i++) {
+		fs->layers[base + i] = layer_open(lowers[i], base + i, err, errlen);
+		if (!fs->layers[base + i])
 			return -EINVAL;
+	}
+	if (upper) {
 		for (i = 0; i < nlowers; i++) {
-			struct stat st;
-
-			if (stat(lowers[i], &st) == 0 && S_ISDIR(st.st_mode) &&
-			    ovl_path_within(upper, lowers[i])) {
+			if (fs->layers[base + i]->root_fd >= 0 && ovl_path_within(upper, lowers[i])) {
 				snprintf(err, errlen, "upperdir '%s' is inside lower layer '%s'",
 					 upper, lowers[i]);
 				return -EINVAL;
 			}
 		}
+		if (ovl_setup_work(fs, upper, work, err, errlen) < 0)
+			return -EINVAL;
 		fs->layers[0] = layer_dir_open(upper, 0, err, errlen);
 		if (!fs->layers[0])
 			return -EINVAL;
 		fs->upper_fd = fs->layers[0]->root_fd;
 		fs->priv = ovl_can_trusted_xattr(fs->upper_fd);
 		ovl_fsid(fs, fs->layers[0]->dev);
-		base = 1;
 	}
-	for (i = 0; i < nlowers; i++) {
-		fs->layers[base + i] = layer_open(lowers[i], base + i, err, errlen);
-		if (!fs->layers[base + i])
-			return -EINVAL;
-	}
-	if (!upper)
-		ovl_fsid(fs, fs->layers[0]->root_fd >= 0 ? fs->layers[0]->dev : (dev_t)-1);
-
+	for (i = base; i < fs->nlayers; i++)
+		if (fs->layers[i]->root_fd >= 0)
+			ovl_fsid(fs, fs->layers[i]->dev);
 	/* The root: every layer's root, down to the first opaque one. */
 	res.lent = calloc(fs->nlayers, sizeof(*res.lent));
 	if (!res.lent)

@@ -44,6 +44,12 @@ int wr_error(struct wctx *c, int err, const char *fmt, ...)
 	return err;
 }
 
+void wr_error_msg(struct wctx *c, const char *msg)
+{
+	if (!__atomic_exchange_n(&c->err_set, 1, __ATOMIC_ACQ_REL))
+		snprintf(c->err, c->errlen, "%s", msg);
+}
+
 uint64_t wr_now_ns(void)
 {
 	struct timespec ts;

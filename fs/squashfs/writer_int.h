@@ -150,6 +150,8 @@ struct wctx {
 
 int wr_error(struct wctx *c, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* The same with a message that is complete already (no errno text appended). */
+void wr_error_msg(struct wctx *c, const char *msg);
 uint64_t wr_now_ns(void);
 void wr_progress(struct wctx *c, int final);
 int wr_pwrite(struct wctx *c, const void *buf, size_t len, uint64_t off);

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Private to the writer: scanning one merged directory of a layer stack (readdir, lookup,
+ * whiteouts, opaque markers, xattrs, symlink targets) - all the I/O of the walk - so that
+ * a few threads can scan directories ahead of the walk, which stays in one thread and in
+ * name order (hard links, xattr ids, inode numbers and file order depend on that order).
+ */
+#ifndef STRATA_SQUASHFS_SCAN_H
+#define STRATA_SQUASHFS_SCAN_H
+
+#include "squashfs/writer_int.h"
+
+/* One layer's copy of a directory taking part in a merge. */
+struct dsrc {
+	struct layer *l;
+	char *path;
+	uint64_t ref;
+};
+
+enum { FE_HIDDEN, FE_FINAL, FE_DIR };
+
+/* One name of a merged directory. */
+struct fent {
+	char *name;
+	int state;
+	bool stop;               /* FE_DIR: lower layers no longer merge */
+	struct stat st;          /* from the topmost layer that holds the name */
+	struct dsrc *srcs;       /* FE_FINAL: srcs[0]; FE_DIR: every merged layer */
+	int nsrcs;
+	struct fent *next;
+	/* read for the visible entries: xattrs as a blob (see struct wx_set), link target */
+	unsigned char *xblob;
+	size_t xlen;
+	uint32_t xcount;
+	char *symlink;
+};
+
+struct fmap {
+	struct fent **b;
+	size_t nb, n;
+	struct fent **all;       /* insertion order, for freeing and sorting */
+	size_t cap;
+};
+
+enum { SCAN_QUEUED, SCAN_RUNNING, SCAN_DONE };
+
+struct scan {
+	const struct dsrc *srcs; /* the directory's layers (owned by the parent's scan) */
+	int nsrcs;
+	struct fmap m;
+	struct fent **kids;      /* the visible entries, sorted by name */
+	size_t nkids;
+	int ret;                 /* first error, its message in err */
+	char err[512];
+	int state;               /* under the pool's lock */
+	bool by_pool;            /* run by a pool thread (counts against the look-ahead) */
+	struct scan *next;       /* the pool's stack */
+};
+
+struct scan_pool;
+
+/* Threads that scan queued directories; nthreads 0 means none (everything is run by the
+ * caller of scan_wait()). */
+struct scan_pool *scan_pool_new(struct wctx *c, int nthreads);
+void scan_pool_free(struct scan_pool *p);
+
+struct scan *scan_new(const struct dsrc *srcs, int nsrcs);
+void scan_free(struct scan *s);
+/* Do the work now, in this thread. */
+void scan_run(struct wctx *c, struct scan *s);
+/* Queue v[0..n-1]; v[0] is taken first (the walk needs the first directory first). */
+void scan_submit(struct scan_pool *p, struct scan **v, size_t n);
+/* Until s is done: runs it here if no thread has taken it yet. */
+void scan_wait(struct scan_pool *p, struct scan *s);
+/* Take s back from the queue, or wait for the thread running it. */
+void scan_cancel(struct scan_pool *p, struct scan *s);
+
+/* The storable, non-private xattrs of (l, n), sorted by name, as a blob of
+ * { u16 name_len, name, u32 value_len, value } (NULL when none); message in err. */
+int scan_read_xattrs(struct layer *l, const struct lnode *n, unsigned char **blob,
+		     size_t *len, uint32_t *count, char *err, size_t errlen);
+
+#endif

@@ -56,9 +56,13 @@ $(BUILD)/strata: $(call obj,driver/main.c) $(DRVLIB) $(LIB)
 deps:
 	@sh .ci/deps.sh
 
+# The whole suite (as root stratafs uses FUSE passthrough where it can), then the union
+# and image suites again on the splice path, so both data paths stay tested.
 check: deps
 	$(MAKE) all
 	cd tests && /usr/bin/python3 -m pytest -q -ra $(PYTEST_ARGS)
+	cd tests && STRATAFS_PASSTHROUGH=off /usr/bin/python3 -m pytest -q -ra \
+		test_union_diff.py test_image_layers.py test_stress.py test_passthrough.py
 
 check-san: deps
 	$(MAKE) SAN=1 all
@@ -98,7 +102,7 @@ $(BUILD)/fuzz-sqfs: tests/fuzz/fuzz_reader.c $(SQFS_READER_SRC) $(wildcard fs/sq
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -D_GNU_SOURCE \
 		-D_FILE_OFFSET_BITS=64 -Ifs -o $@ $(filter %.c,$^) $(FUZZ_LIBS)
 
-fuzz: $(BUILD)/fuzz-sqfs
+fuzz: deps $(BUILD)/fuzz-sqfs
 	@mkdir -p $(BUILD)/fuzz-corpus
 	$(BUILD)/fuzz-sqfs -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=20 \
 		-artifact_prefix=$(BUILD)/ $(BUILD)/fuzz-corpus tests/fuzz/corpus

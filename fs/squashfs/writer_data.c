@@ -261,7 +261,7 @@ static int put_end(struct pipe *p, struct slot *s)
 		return 0;
 	}
 	if (s->ncands)
-		p->c->st->hash_collisions++;
+		__atomic_add_fetch(&p->c->st->hash_collisions, 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -505,7 +505,7 @@ static int add_tail(struct pipe *p, struct wnode *f, size_t len)
 		}
 	}
 	if (n)
-		p->c->st->hash_collisions++;
+		__atomic_add_fetch(&p->c->st->hash_collisions, 1, __ATOMIC_RELAXED);
 	if (p->fragfill + len > p->bs) {
 		ret = flush_frag(p);
 		if (ret)

@@ -181,7 +181,7 @@ def fo_tolerate(snap):
 
 
 def run_diff(tdir, layers, ops, upper_entries=None, impl_opts=(), kernel_opts=(),
-             check_upper=True, check_remount=True, ignore=()):
+             check_upper=True, check_remount=True, check_reverse=True, ignore=()):
     """Run `ops(log)` on both; return (kernel side, impl side); fail with every difference.
     `ignore`: snapshot fields to leave out of the comparisons (e.g. 'mtime')."""
     k = run_side("kernel", tdir / "kernel", layers, ops, upper_entries, kernel_opts)
@@ -216,6 +216,21 @@ def run_diff(tdir, layers, ops, upper_entries=None, impl_opts=(), kernel_opts=()
                                 "differently:\n" + d)
         except union.MountError as e:
             problems.append(f"the kernel cannot mount the implementation's upper: {e}")
+    if check_reverse:
+        # the other way round: the implementation reads what the kernel wrote (whiteouts,
+        # opaque and redirect xattrs, origin/impure markers it must ignore)
+        work3 = tdir / "kernel" / "work3"
+        work3.mkdir()
+        try:
+            with union.FuseMount(k.mnt, k.lowers, k.upper, work3, IMPL_OPTS):
+                rv = union.snapshot(k.mnt)
+            d = union.diff_snapshots(km, fo_tolerate(union.strip(rv, *ignore)),
+                                     ("kernel", "impl over the kernel's upper"))
+            if d:
+                problems.append("the implementation reads the kernel's upper dir "
+                                "differently:\n" + d)
+        except union.MountError as e:
+            problems.append(f"the implementation cannot mount the kernel's upper: {e}")
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
     return k, i
@@ -421,6 +436,7 @@ def seek_map(path):
         os.close(fd)
 
 
+@fo_differs("removexattr of a missing xattr copies the file up (breaks lower hard links)")
 def test_copy_up_on_xattrs(tdir):
     def action(L):
         L.do("setxattr", os.setxattr, L.p("b.txt"), "user.new", b"v")
@@ -433,6 +449,14 @@ def test_copy_up_on_xattrs(tdir):
         L.do("create only", os.setxattr, L.p("b.txt"), "user.new", b"w", os.XATTR_CREATE)
         L.do("replace only", os.setxattr, L.p("b.txt"), "user.none", b"w",
              os.XATTR_REPLACE)
+        # failing xattr changes on lower files must not copy them up (the kernel checks
+        # first): a copy-up would break lower hard links
+        L.do("remove missing", os.removexattr, L.p("hl1"), "user.none")
+        L.do("replace missing", os.setxattr, L.p("sub/hl3"), "user.none", b"x",
+             os.XATTR_REPLACE)
+        L.do("create existing", os.setxattr, L.p("xattr.txt"), "user.empty", b"x",
+             os.XATTR_CREATE)
+        L.note("links intact", os.stat(L.p("hl1")).st_nlink)
         L.do("get overlay name", os.getxattr, L.p("opq"), "trusted.overlay.opaque")
     run_diff(tdir, rich_stack(), copy_up_ops(action))
 
@@ -1173,6 +1197,7 @@ def test_random_ops(tdir, n):
     print(f"random-op seed: {seed} (replay: STRATA_SEED={seed} pytest -k test_random_ops)")
     try:
         run_diff(tdir, small_stack(), ops, check_upper=False, ignore=("mtime",))
-    except AssertionError as e:
+    except (AssertionError, pytest.fail.Exception) as e:
         listing = "\n".join(f"  {i}: {op}" for i, op in enumerate(ops_list))
-        raise AssertionError(f"STRATA_SEED={seed} ({count} ops)\n{e}\n\nops:\n{listing}")
+        pytest.fail(f"STRATA_SEED={seed} ({count} ops)\n{e}\n\nops:\n{listing}",
+                    pytrace=False)

@@ -603,13 +603,6 @@ static void sfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in
 		fuse_reply_write(req, n);
 }
 
-static void sfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino;
-	(void)fi;
-	fuse_reply_err(req, 0);
-}
-
 static void sfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
@@ -1051,7 +1044,7 @@ static const struct fuse_lowlevel_ops sfs_ops = {
 	.create = sfs_create,
 	.read = sfs_read,
 	.write_buf = sfs_write_buf,
-	.flush = sfs_flush,
+	/* no .flush: nothing is buffered here, and ENOSYS once stops the kernel asking */
 	.release = sfs_release,
 	.fsync = sfs_fsync,
 	.opendir = sfs_opendir,

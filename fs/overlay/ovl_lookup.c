@@ -78,23 +78,18 @@ static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct
 
 /* A redirected directory (moved with redirect_dir): where its lower content lives, as a
  * layer path.  Absolute values start at the layer root; relative ones name a sibling. */
-static bool ovl_redirect(struct layer *l, const struct lnode *d, char *out, size_t size)
+static bool ovl_redirect_path(const char *v, const char *dpath, char *out, size_t size)
 {
-	char v[PATH_MAX];
 	const char *slash;
-	ssize_t n = l->ops->getxattr(l, d, OVL_XATTR_TRUSTED "redirect", v, sizeof(v) - 1);
 
-	if (n <= 0)
-		n = l->ops->getxattr(l, d, OVL_XATTR_USER "redirect", v, sizeof(v) - 1);
-	if (n <= 0 || memchr(v, 0, n))
+	if (!v[0])
 		return false;
-	v[n] = 0;
 	if (v[0] == '/')
 		return snprintf(out, size, "%s", v + 1) < (int)size;
-	slash = strrchr(d->path, '/');
+	slash = strrchr(dpath, '/');
 	if (!slash)
 		return snprintf(out, size, "%s", v) < (int)size;
-	return snprintf(out, size, "%.*s/%s", (int)(slash - d->path), d->path, v) < (int)size;
+	return snprintf(out, size, "%.*s/%s", (int)(slash - dpath), dpath, v) < (int)size;
 }
 
 /* Records one layer's entry in res; false when the walk stops below it. */
@@ -102,7 +97,9 @@ static int ovl_res_add(struct ovl_fs *fs, struct ovl_res *res, int layer, struct
 		       const struct stat *st, const char *lpath, const char *cpath,
 		       char *rpath, bool *redirected)
 {
+	char v[PATH_MAX];
 	struct ovl_lent *e;
+	bool opaque;
 
 	if (res->nlent == 0)
 		res->st = *st;
@@ -116,9 +113,10 @@ static int ovl_res_add(struct ovl_fs *fs, struct ovl_res *res, int layer, struct
 	if (!S_ISDIR(st->st_mode))
 		return 0;
 	child->path = lpath;
-	if (wh_layer_dir_is_opaque(fs->layers[layer], child))
+	wh_layer_dir_marks(fs->layers[layer], child, &opaque, v, sizeof(v));
+	if (opaque)
 		return 0;
-	if (ovl_redirect(fs->layers[layer], child, rpath, PATH_MAX))
+	if (ovl_redirect_path(v, lpath, rpath, PATH_MAX))
 		*redirected = true;
 	return 1;
 }

@@ -72,6 +72,58 @@ bool wh_layer_dir_is_opaque(struct layer *l, const struct lnode *dir)
 	return l->ops->lookup(l, dir, WH_OPQ_NAME, &child, &st) == 0;
 }
 
+static bool wh_list_has(const char *list, ssize_t len, const char *name)
+{
+	const char *p;
+
+	for (p = list; p < list + len; p += strlen(p) + 1)
+		if (strcmp(p, name) == 0)
+			return true;
+	return false;
+}
+
+static void wh_redirect_value(struct layer *l, const struct lnode *dir, const char *name,
+			      char *redirect, size_t rsize)
+{
+	ssize_t n = l->ops->getxattr(l, dir, name, redirect, rsize - 1);
+
+	if (n > 0 && !memchr(redirect, 0, n))
+		redirect[n] = 0;
+	else
+		redirect[0] = 0;
+}
+
+void wh_layer_dir_marks(struct layer *l, const struct lnode *dir, bool *opaque,
+			char *redirect, size_t rsize)
+{
+	char list[1024];
+	struct lnode child;
+	struct stat st;
+	ssize_t n = l->ops->listxattr(l, dir, list, sizeof(list));
+
+	redirect[0] = 0;
+	if (n < 0 && n != -ERANGE) {
+		*opaque = l->ops->lookup(l, dir, WH_OPQ_NAME, &child, &st) == 0;
+		return;
+	}
+	if (n == -ERANGE) {             /* many xattrs: ask for each mark by name */
+		*opaque = wh_layer_dir_is_opaque(l, dir);
+		wh_redirect_value(l, dir, OVL_XATTR_TRUSTED "redirect", redirect, rsize);
+		if (!redirect[0])
+			wh_redirect_value(l, dir, OVL_XATTR_USER "redirect", redirect, rsize);
+		return;
+	}
+	*opaque = (wh_list_has(list, n, OVL_XATTR_TRUSTED "opaque") &&
+		   wh_layer_xattr_opaque(l, dir, OVL_XATTR_TRUSTED "opaque")) ||
+		  (wh_list_has(list, n, OVL_XATTR_USER "opaque") &&
+		   wh_layer_xattr_opaque(l, dir, OVL_XATTR_USER "opaque")) ||
+		  l->ops->lookup(l, dir, WH_OPQ_NAME, &child, &st) == 0;
+	if (wh_list_has(list, n, OVL_XATTR_TRUSTED "redirect"))
+		wh_redirect_value(l, dir, OVL_XATTR_TRUSTED "redirect", redirect, rsize);
+	if (!redirect[0] && wh_list_has(list, n, OVL_XATTR_USER "redirect"))
+		wh_redirect_value(l, dir, OVL_XATTR_USER "redirect", redirect, rsize);
+}
+
 bool wh_layer_is_whited_out(struct layer *l, const struct lnode *dir, const char *name)
 {
 	char whname[NAME_MAX + 1];

@@ -46,6 +46,11 @@ bool wh_opaque_value(const char *val, size_t len);
 
 /* Through the layer interface: is this directory opaque (xattr or ".wh..wh..opq")? */
 bool wh_layer_dir_is_opaque(struct layer *l, const struct lnode *dir);
+/* Both overlay marks of a directory in one pass (one listxattr where a directory has no
+ * overlay xattrs at all): opaque, and the raw redirect value if any (NUL-terminated,
+ * empty when none). */
+void wh_layer_dir_marks(struct layer *l, const struct lnode *dir, bool *opaque,
+			char *redirect, size_t rsize);
 /* Through the layer interface: does dir/name carry a whiteout (char 0/0 or .wh.name)? */
 bool wh_layer_is_whited_out(struct layer *l, const struct lnode *dir, const char *name);
 

@@ -159,8 +159,11 @@ static void summary(const char *out, const struct sqfs_squash_stats *st,
 	double in = (double)st->total_bytes;
 	uint64_t hfiles, hbytes;
 
-	/* what the stack hides and the image therefore leaves out (see mkimage audit) */
-	if (!mk_hidden_bytes(layers, nlayers, &hfiles, &hbytes))
+	/* What the stack hides and the image therefore leaves out (see mkimage audit).  It
+	 * costs a second walk of every layer, so one layer (which hides nothing from itself)
+	 * is answered without one. */
+	hfiles = hbytes = 0;
+	if (nlayers == 1 || !mk_hidden_bytes(layers, nlayers, &hfiles, &hbytes))
 		snprintf(hidden, sizeof(hidden), "%s hidden left out (%llu files), ",
 			 mk_human((double)hbytes, h, sizeof(h)), (unsigned long long)hfiles);
 	printf("%s: %llu files, %llu dirs, %s in, %s image (%.1f%%), %s deduplicated, "

@@ -1187,6 +1187,33 @@ def small_stack():
     return [[e for e in layer if e[1] not in "s"] for layer in s]
 
 
+def shortest_failing_prefix(tdir, ops_list):
+    """Bisect the op list for the shortest prefix whose outcomes or merged views differ
+    (STRATA_MINIMIZE=1)."""
+    def differs(n, _count=[0]):
+        _count[0] += 1
+
+        def ops(L):
+            for op in ops_list[:n]:
+                apply_op(L, op)
+        b = tdir / f"min{_count[0]}"
+        k = run_side("kernel", b / "kernel", small_stack(), ops, None, ())
+        i = run_side("impl", b / "impl", small_stack(), ops, None, ())
+        return bool(diff_logs(k.log, i.log) or union.diff_snapshots(
+            fo_tolerate(union.strip(k.merged, "mtime")),
+            fo_tolerate(union.strip(i.merged, "mtime"))))
+    lo, hi = 0, len(ops_list)
+    if not differs(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if differs(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 @fo_differs("devices/fifos copied up as files, hard links, setgid, ACLs (see other cases)")
 @pytest.mark.parametrize("n", range(int(os.environ.get("STRATA_RANDOM_RUNS", "4"))))
 def test_random_ops(tdir, n):
@@ -1198,6 +1225,10 @@ def test_random_ops(tdir, n):
     try:
         run_diff(tdir, small_stack(), ops, check_upper=False, ignore=("mtime",))
     except (AssertionError, pytest.fail.Exception) as e:
+        if os.environ.get("STRATA_MINIMIZE"):
+            n = shortest_failing_prefix(tdir, ops_list)
+            ops_list[:] = ops_list[:n]
+            e = f"shortest failing prefix: {n} ops (the last one is the culprit)\n{e}"
         listing = "\n".join(f"  {i}: {op}" for i, op in enumerate(ops_list))
         pytest.fail(f"STRATA_SEED={seed} ({count} ops)\n{e}\n\nops:\n{listing}",
                     pytrace=False)

@@ -34,6 +34,13 @@ struct counts {
 	uint64_t file_bytes, stored_block_bytes, sparse_bytes;
 	uint64_t dedup_saved;    /* logical bytes of file data shared with another file */
 	uint32_t dir_indexes;
+	uint64_t by_type[15];    /* inodes by on-disk type, 1..14 */
+};
+
+static const char *const type_names[15] = {
+	"?", "dir", "file", "symlink", "blkdev", "chrdev", "fifo", "socket",
+	"ext_dir", "ext_file", "ext_symlink", "ext_blkdev", "ext_chrdev", "ext_fifo",
+	"ext_socket",
 };
 
 static int rd(struct img *im, void *buf, size_t len, uint64_t off)
@@ -296,6 +303,7 @@ static int walk_inodes(struct img *im, struct counts *c)
 			ret = other_inode(h.inode_type, im->itab + off, im->itab_len - off, c, &len);
 		if (ret)
 			goto out;
+		c->by_type[h.inode_type]++;   /* valid: both parsers reject other types */
 		off += len;
 	}
 	/* files with the same first block and length share their blocks */
@@ -388,6 +396,12 @@ static void print_json(struct img *im, const struct counts *c)
 	json_object_object_add(o, "dedup_saved_bytes",
 			       json_object_new_int64((int64_t)c->dedup_saved));
 	json_object_object_add(o, "dir_index_entries", json_object_new_int64(c->dir_indexes));
+	struct json_object *bt = json_object_new_object();
+	for (unsigned i = 1; i < 15; i++)
+		if (c->by_type[i])
+			json_object_object_add(bt, type_names[i],
+					       json_object_new_int64((int64_t)c->by_type[i]));
+	json_object_object_add(o, "inode_types", bt);
 	printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
 						      JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);

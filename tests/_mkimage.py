@@ -122,6 +122,13 @@ def every_kind_entries(seed=1, block=128 * KiB):
         E("chr_bigminor", "c", rdev=(200, 70000)),
         E("blk", "b", rdev=(8, 1), mode=0o660, gid=6),
         E("sock", "s"),
+        # extended inodes of every special type (xattrs force them; trusted.* because
+        # Linux allows user.* only on files and directories)
+        E("x_link", "l", target="small", xattrs={"trusted.l": b"1"}),
+        E("x_chr", "c", rdev=(1, 7), xattrs={"trusted.c": b"2"}),
+        E("x_blk", "b", rdev=(7, 0), xattrs={"trusted.b": b"3"}),
+        E("x_fifo", "p", xattrs={"trusted.p": b"4"}),
+        E("x_sock", "s", xattrs={"trusted.s": b"5"}),
         E("deep/a/b/c/d/e/f/g/leaf", "f", data=b"deep"),
         E("emptydir", "d", mode=0o700),
         E("owner", "f", data=b"o", uid=65534, gid=65534),

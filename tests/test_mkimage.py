@@ -43,6 +43,11 @@ def test_every_kind_round_trip_kernel(tdir):
     img = tdir / "out.sqfs"
     squash(img, src)
     unsquashfs_stat_ok(img)
+    # the tree exercises all 14 inode types, basic and extended
+    types = json.loads(mkimage("inspect", "--json", img).stdout)["inode_types"]
+    assert sorted(types) == sorted(
+        ["dir", "file", "symlink", "blkdev", "chrdev", "fifo", "socket", "ext_dir",
+         "ext_file", "ext_symlink", "ext_blkdev", "ext_chrdev", "ext_fifo", "ext_socket"])
     with kmount(img, tdir / "mnt") as m:
         assert_same(view(src), view(m))
         # hard links are one inode

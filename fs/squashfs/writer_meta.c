@@ -283,9 +283,7 @@ static int put_other(struct meta *m, struct wnode *n)
 
 static int put_inode(struct meta *m, struct wnode *n)
 {
-	int ret = S_ISREG(n->mode) ? put_file(m, n) : put_other(m, n);
-
-	return ret > 0 ? 0 : ret;
+	return S_ISREG(n->mode) ? put_file(m, n) : put_other(m, n);
 }
 
 /* ---- directories ------------------------------------------------------------------ */

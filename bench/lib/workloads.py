@@ -15,8 +15,14 @@ import time
 
 from common import NA, drop_caches, fresh_dir, kv, rmtree, sh, timed
 
-# A run longer than this (s) caps the runs of that system: 3 warm, 2 cold/fresh (> 3×SLOW).
+# Time budget: a run longer than SLOW seconds caps that system's runs (3 warm, 2 cold or
+# fresh); a cold/fresh run longer than VERY_SLOW leaves it at that one run.
 SLOW = 5.0
+VERY_SLOW = 30.0
+
+
+def runs_after(first, runs):
+    return 1 if first > VERY_SLOW else min(runs, 2) if first > SLOW else runs
 
 
 class Workload:
@@ -291,7 +297,7 @@ def _measure(ctx, w, system, src, base):
             samples.append(secs)
         finally:
             m.close()
-        if i == 0 and secs > 3 * SLOW:
-            runs = min(runs, 2)
+        if i == 0:
+            runs = runs_after(secs, runs)
         i += 1
     return samples, extra

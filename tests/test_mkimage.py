@@ -663,3 +663,20 @@ def test_nfs_export_table_file_handles(tdir):
                     os.close(fd)
         finally:
             os.close(mfd)
+
+
+@pytest.mark.parametrize("comp", ["lz4", "xz"])
+def test_same_tree_as_mksquashfs_by_sqfsdiff(tdir, comp):
+    """squashfs-tools-ng parses both images and finds the same entries, owners, modes,
+    times, link targets, device numbers and contents as mksquashfs's image of the tree."""
+    src = build(tdir, every_kind_entries(seed=10))
+    ours, ref = tdir / "ours.sqfs", tdir / "ref.sqfs"
+    squash(ours, src, opts=["--comp", comp])
+    union.run(["mksquashfs", str(src), str(ref), "-noappend", "-quiet", "-no-progress",
+               "-comp", comp])
+    p = union.run(["sqfsdiff", "-T", "-a", str(ref), "-b", str(ours)], check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # and sqfs2tar reads every file of ours
+    with open(tdir / "out.tar", "wb") as f:
+        r = subprocess.run(["sqfs2tar", str(ours)], stdout=f, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr

@@ -57,7 +57,7 @@ def count_steps(ctx, groups):
 def _squash_cmd(ctx, tool, comp, src, tar, out):
     base, hc = ("lz4", True) if comp == "lz4hc" else (comp, False)
     if tool == "mkimage":
-        return [os.path.join(ctx.build, "mkimage"), "squash", "--comp", comp, "--threads", "2",
+        return [ctx.bin("mkimage"), "squash", "--comp", comp, "--threads", "2",
                 "-o", out, src], None
     if tool == "mksquashfs":
         return ["mksquashfs", src, out, "-comp", base, "-processors", "2", "-noappend",
@@ -105,7 +105,7 @@ def run_squash(ctx, add):
             ctx.progress.update("squash · %s · %s" % (comp, tool))
             samples, extra = [], {}
             try:
-                if tool == "mkimage" and not os.access(os.path.join(ctx.build, "mkimage"),
+                if tool == "mkimage" and not os.access(ctx.bin("mkimage"),
                                                        os.X_OK):
                     raise NA("build/mkimage not built")
                 n, i = runs, 0
@@ -174,7 +174,7 @@ def run_import(ctx, add):
         return
     dst = os.path.join(ctx.root, "import-dst")
     sh(["cat", blob])                                   # warm-up
-    strata = os.path.join(ctx.build, "strata")
+    strata = ctx.bin("strata")
     tools = [("tar -x", lambda: ["tar", "-xzf", blob, "-C", fresh_dir(dst)]),
              ("umoci unpack", lambda: rmtree(dst) or
               ["umoci", "unpack", "--image", oci + ":bench", dst]),

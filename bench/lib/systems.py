@@ -136,7 +136,7 @@ class FuseOverlayfs(System):
 
 
 def stratafs_bin(ctx):
-    return os.path.join(ctx.build, "stratafs")
+    return ctx.bin("stratafs")
 
 
 class StratafsDir(System):

@@ -929,6 +929,7 @@ static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
 	struct sfs *s = sfs_of(req);
 	char path[PATH_MAX], proc[PATH_MAX + 32];
+	struct ovl_node *n;
 	int ret;
 
 	if (s->fs.o.noxattrs) {
@@ -939,7 +940,25 @@ static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
-	ret = sfs_upper_begin(s, sfs_node(req, ino), path);
+	/* Removing what is not there must not copy up (the kernel checks first, too). */
+	n = sfs_node(req, ino);
+	if (!ovl_in_upper(&s->fs, n)) {
+		pthread_rwlock_rdlock(&s->fs.tree_lock);
+		ret = ovl_node_path(n, path, sizeof(path));
+		if (!ret) {
+			struct layer *l = s->fs.layers[n->lent[0].layer];
+			struct lnode ln = ovl_top(n, path);
+			ssize_t r = l->ops->getxattr(l, &ln, name, NULL, 0);
+
+			ret = r < 0 ? (int)r : 0;
+		}
+		pthread_rwlock_unlock(&s->fs.tree_lock);
+		if (ret) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+	}
+	ret = sfs_upper_begin(s, n, path);
 	if (!ret) {
 		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
 		if (!ret && lremovexattr(proc, name) < 0)

@@ -280,9 +280,13 @@ static int other_inode(unsigned type, const unsigned char *p, size_t avail,
 static int walk_inodes(struct img *im, struct counts *c)
 {
 	size_t off = 0, nf = 0;
-	struct fref *fr = calloc(im->sb.inode_count + 1, sizeof(*fr));
+	struct fref *fr;
 	int ret = 0;
 
+	/* every inode takes at least 20 bytes: a corrupt count must not size an allocation */
+	if (im->sb.inode_count > im->itab_len / 20)
+		return -EINVAL;
+	fr = calloc(im->sb.inode_count + 1, sizeof(*fr));
 	if (!fr)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < im->sb.inode_count; i++) {

@@ -680,3 +680,19 @@ def test_same_tree_as_mksquashfs_by_sqfsdiff(tdir, comp):
     with open(tdir / "out.tar", "wb") as f:
         r = subprocess.run(["sqfs2tar", str(ours)], stdout=f, stderr=subprocess.PIPE)
     assert r.returncode == 0, r.stderr
+
+
+def test_error_unreadable_directory_among_many(tdir):
+    """A walk error in one directory while its siblings' scans are queued or running:
+    a clear message, exit 1, nothing left behind, no hang."""
+    ents = [E(f"{d}/sub{i}/f", "f", data=b"x" * 100) for d in "abcdefghijklmnopqrstuvwxyz"
+            for i in range(5)]
+    ents.append(E("m/locked", "d", mode=0o000))
+    src = build(tdir, ents)
+    outdir = tdir / "o"
+    outdir.mkdir()
+    os.chmod(outdir, 0o777)
+    p = run_as_nobody(["squash", "-o", outdir / "out.sqfs", src], check=False)
+    assert p.returncode == 1, p.stderr
+    assert "m/locked" in p.stderr and "Permission denied" in p.stderr
+    assert os.listdir(outdir) == []

@@ -624,7 +624,8 @@ static bool settle(struct scan_pool *p, struct scan *s)
 	bool mine;
 
 	pthread_mutex_lock(&p->mu);
-	mine = s->state == SCAN_QUEUED && unqueue(p, s);
+	/* never queued (an error came first), or still queued: not the pool's */
+	mine = s->state == SCAN_NEW || (s->state == SCAN_QUEUED && unqueue(p, s));
 	if (mine)
 		s->state = SCAN_RUNNING;
 	while (!mine && s->state != SCAN_DONE)

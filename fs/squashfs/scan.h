@@ -42,7 +42,7 @@ struct fmap {
 	size_t cap;
 };
 
-enum { SCAN_QUEUED, SCAN_RUNNING, SCAN_DONE };
+enum { SCAN_NEW, SCAN_QUEUED, SCAN_RUNNING, SCAN_DONE };
 
 struct scan {
 	const struct dsrc *srcs; /* the directory's layers (owned by the parent's scan) */

@@ -346,17 +346,20 @@ def test_image_layers_and_mixed_stacks_agree(tdir):
     check_against_reference(audit_json(*mixed), ref, stack)
 
 
+REDIRECTS = int(os.environ.get("AUDIT_REDIRECTS", "1"))
+
+
 def test_random_stacks_match_the_kernel(tdir):
     import random
     seed = int(os.environ.get("AUDIT_SEED", "1234"))
     rng = random.Random(seed)
     names = ["a", "b", "c", "d"]
-    for round_ in range(6):
+    for round_ in range(int(os.environ.get("AUDIT_ROUNDS", "6"))):
         base = tdir / f"r{round_}"
         layers = [Layer(base / f"l{i}") for i in range(4)]
         for i in reversed(range(4)):
             l = layers[i]
-            for _ in range(14):
+            for _ in range(40):
                 rel = "/".join(rng.choice(names) for _ in range(rng.randint(1, 3)))
                 full = l.root / rel
                 if any(os.path.lexists(p) and not p.is_dir()
@@ -365,8 +368,9 @@ def test_random_stacks_match_the_kernel(tdir):
                     continue
                 if os.path.lexists(full):
                     continue
-                what = rng.choice(["file", "file", "dir", "wh", "whf", "opq", "link"])
-                if i == 3 and what in ("wh", "whf", "opq"):
+                what = rng.choice(["file", "file", "dir", "wh", "whf", "opq", "link"] +
+                                  ["redir"] * REDIRECTS)
+                if i == 3 and what in ("wh", "whf", "opq", "redir"):
                     what = "file"
                 if what == "file":
                     l.file(rel, os.urandom(rng.randint(0, 3000)))
@@ -377,14 +381,20 @@ def test_random_stacks_match_the_kernel(tdir):
                 elif what == "whf":
                     if not os.path.lexists(full.parent / (".wh." + full.name)):
                         l.whf(rel)
+                elif what == "redir":
+                    target = "/".join(rng.choice(names) for _ in range(rng.randint(1, 2)))
+                    l.dir(rel)
+                    os.setxattr(full, "trusted.overlay.redirect", b"/" + target.encode())
                 elif what == "opq":
                     l.opaque(rel, rng.choice(["trusted", "user", "marker"]))
                 else:
                     l.link(rel, "a")
         roots = [l.root for l in layers]
-        ref, stack = reference(roots, base)
+        ref, stack = reference(roots, base, ",redirect_dir=follow" if REDIRECTS else "")
+        images = [mksquashfs(r, base / f"img{i}.sqfs") for i, r in enumerate(roots)]
         try:
             check_against_reference(audit_json(*roots), ref, stack)
+            check_against_reference(audit_json(*images), ref, stack)
         except AssertionError as e:
             raise AssertionError(f"seed {seed} round {round_}: {e}") from None
 

@@ -47,7 +47,7 @@ struct aname {
 	enum audit_kind kind;
 	struct asrc *srcs;      /* AN_DIR */
 	int nsrcs;
-	char *rpath;            /* AN_DIR redirected at layer rlayer: lower content path */
+	char *rpath;            /* AN_DIR redirected at layer rlayer: the redirect's value */
 	int rlayer;
 	struct aname *next;
 };
@@ -433,12 +433,20 @@ static int hide(struct actx *c, const struct asrc *s, const struct lnode *n,
 
 /* ---- redirects ------------------------------------------------------------------------ */
 
-/* A redirected directory: where its lower content lives, as a path from the layer root.
- * Absolute values start at the root; relative ones name a sibling. */
+/*
+ * A directory renamed by the kernel with redirect_dir carries overlay.redirect: where its
+ * lower content lives.  The rules are the kernel's (ovl_lookup, ovl_lookup_layer,
+ * ovl_check_redirect): an absolute value is a path looked up from the root of every lower
+ * layer; a relative one is a new name, looked up in the parent's lower directories.  On an
+ * absolute walk a whiteout or non-directory on the way stops the lookup, an opaque directory
+ * on the way stops it below this layer, and a redirect on the way rewrites the path for the
+ * layers below (an absolute one also undoes an earlier stop).
+ */
+
+/* The redirect of a directory when it is valid, else NULL. */
 static char *redirect_of(struct layer *l, const struct lnode *d)
 {
-	char v[PATH_MAX], *out = NULL;
-	const char *slash;
+	char v[PATH_MAX];
 	ssize_t n = l->ops->getxattr(l, d, OVL_XATTR_TRUSTED "redirect", v, sizeof(v) - 1);
 
 	if (n <= 0)
@@ -446,88 +454,212 @@ static char *redirect_of(struct layer *l, const struct lnode *d)
 	if (n <= 0 || memchr(v, 0, n))
 		return NULL;
 	v[n] = 0;
-	slash = strrchr(d->path, '/');
-	if (v[0] == '/') {
-		const char *p = v;
+	if (v[0] != '/')
+		return strchr(v, '/') ? NULL : strdup(v);
+	for (const char *s = v; *s; ) {
+		const char *next;
 
-		while (*p == '/')
-			p++;
-		out = strdup(p);
-	} else if (!slash) {
-		out = strdup(v);
-	} else if (asprintf(&out, "%.*s/%s", (int)(slash - d->path), d->path, v) < 0) {
-		out = NULL;
+		s++;    /* past the '/' */
+		next = strchrnul(s, '/');
+		if (next == s)
+			return NULL;    /* an empty component */
+		s = next;
 	}
-	return out;
+	return strdup(v);
 }
 
-/* Look path up from the root of one layer.  1 = found (not a whiteout), 0 = absent,
- * -ENOENT = whited out (stop), other negative = error. */
-static int walk_layer(struct actx *c, int layer, const char *path, struct lnode *out,
-		      struct stat *st)
+/* Where the lookup below a redirect stands. */
+struct rwalk {
+	bool abs;               /* name is a path from the layer roots ("a/b", no leading /) */
+	char *name;             /* else a name in the parent's directories */
+	bool stop;
+};
+
+/* A redirect `val` met on the component at name[prelen], with `post` after it. */
+static int rwalk_redirect(struct actx *c, struct rwalk *w, const char *val, size_t prelen,
+			  const char *post)
+{
+	char *n;
+	int ret;
+
+	if (val[0] == '/') {
+		while (*val == '/')
+			val++;
+		ret = asprintf(&n, "%s%s", val, post);
+		w->abs = true;
+		w->stop = false;
+	} else {
+		ret = asprintf(&n, "%.*s%s%s", (int)prelen, w->name, val, post);
+	}
+	if (ret < 0)
+		return a_nomem(c);
+	free(w->name);
+	w->name = n;
+	return 0;
+}
+
+static int push_src(struct actx *c, struct aname *e, int layer, const struct lnode *n,
+		    bool redir)
+{
+	struct asrc *v = realloc(e->srcs, (e->nsrcs + 1) * sizeof(*v));
+
+	if (!v)
+		return a_nomem(c);
+	e->srcs = v;
+	v[e->nsrcs].layer = layer;
+	v[e->nsrcs].ref = n->ref;
+	v[e->nsrcs].redir = redir;
+	v[e->nsrcs].path = strdup(n->path);
+	if (!v[e->nsrcs].path)
+		return a_nomem(c);
+	e->nsrcs++;
+	return 0;
+}
+
+/* One component below `dir`: 1 a directory (n, st), 0 absent, -ENOENT whited out or not a
+ * directory (the lookup stops), other negative on error. */
+static int rwalk_find(struct actx *c, int layer, const struct lnode *dir, const char *name,
+		      struct lnode *n, struct stat *st)
 {
 	struct layer *l = c->layers[layer];
-	struct lnode dir = { "", 0 }, child;
-	char *sofar = strdup(""), *comp, *next, *copy = strdup(path);
+	char wh[NAME_MAX + 1];
+	struct lnode w;
+	struct stat wst;
+	int ret;
+
+	n->path = join(dir->path, name);
+	if (!n->path)
+		return a_nomem(c);
+	ret = l->ops->lookup(l, dir, name, n, st);
+	if (ret == 0)
+		return S_ISDIR(st->st_mode) ? 1 : -ENOENT;   /* whiteouts are not directories */
+	if (ret != -ENOENT && ret != -ENOTDIR && ret != -ENAMETOOLONG)
+		return a_error(c, ret, "cannot look up %s in %s: %s", n->path, l->spec,
+			       strerror(-ret));
+	if (snprintf(wh, sizeof(wh), WH_PREFIX "%s", name) < (int)sizeof(wh) &&
+	    l->ops->lookup(l, dir, wh, &w, &wst) == 0)
+		return -ENOENT;
+	return 0;
+}
+
+/* The directory (layer, n) is found for e below its redirect: it merges, and may stop the
+ * walk or redirect it again.  prelen/post place it in w->name. */
+static int rwalk_found(struct actx *c, struct aname *e, struct rwalk *w, int layer,
+		       const struct lnode *n, size_t prelen, const char *post)
+{
+	struct layer *l = c->layers[layer];
+	char *val;
+	int ret = vis_add(c, layer, n->path);
+
+	if (!ret)
+		ret = push_src(c, e, layer, n, true);
+	if (ret)
+		return ret;
+	if (wh_layer_dir_is_opaque(l, n)) {
+		w->stop = true;
+		return 0;
+	}
+	val = redirect_of(l, n);
+	if (val)
+		ret = rwalk_redirect(c, w, val, prelen, post);
+	free(val);
+	return ret;
+}
+
+/* One layer, a name in the parent's directory of that layer. */
+static int rwalk_rel(struct actx *c, struct aname *e, struct rwalk *w, int layer,
+		     const struct asrc *parent, int nparent)
+{
+	struct lnode n = { NULL, 0 };
+	struct stat st;
+	int i, ret;
+
+	for (i = 0; i < nparent && parent[i].layer != layer; i++)
+		;
+	if (i == nparent)
+		return 0;
+	ret = rwalk_find(c, layer, &(struct lnode){ parent[i].path, parent[i].ref }, w->name,
+			 &n, &st);
+	if (ret == -ENOENT)
+		w->stop = true;
+	else if (ret == 1)
+		ret = rwalk_found(c, e, w, layer, &n, 0, "");
+	free((char *)n.path);
+	return ret < 0 && ret != -ENOENT ? ret : 0;
+}
+
+/* One layer, a path from its root. */
+static int rwalk_abs(struct actx *c, struct aname *e, struct rwalk *w, int layer)
+{
+	struct layer *l = c->layers[layer];
+	char *path = strdup(w->name), *comp, *next;
+	struct lnode dir = { "", 0 }, n = { NULL, 0 };
+	char *dirpath = NULL;
+	struct stat st;
 	int ret = 0;
 
-	if (!sofar || !copy) {
-		ret = a_nomem(c);
-		goto out;
-	}
-	for (comp = copy; ; comp = next) {
-		while (*comp == '/')
-			comp++;
+	if (!path)
+		return a_nomem(c);
+	for (comp = path; comp && !ret; comp = next) {
+		size_t total = strlen(w->name), rem;
+		const char *post;
+		char *val;
+
 		next = strchr(comp, '/');
+		/* the same suffix of w->name, which a redirect on the way may rewrite */
+		rem = strlen(comp) + (next ? 0 : 0);
+		post = w->name + total - rem + (next ? (size_t)(next - comp) : rem);
 		if (next)
 			*next++ = 0;
-		if (!*comp) {
-			ret = 0;
-			goto out;
+		ret = rwalk_find(c, layer, &dir, comp, &n, &st);
+		if (ret <= 0) {
+			if (ret == -ENOENT)
+				w->stop = true;
+			break;
 		}
-		child.path = NULL;
-		ret = l->ops->lookup(l, &dir, comp, &child, st);
+		ret = 0;
 		if (!next) {
-			char wh[NAME_MAX + 1];
-			struct lnode w;
-			struct stat wst;
+			ret = rwalk_found(c, e, w, layer, &n, total - rem, post);
+			break;
+		}
+		if (wh_layer_dir_is_opaque(l, &n)) {
+			w->stop = true;
+		} else if ((val = redirect_of(l, &n))) {
+			char *post_copy = strdup(post);
 
-			if (ret == 0) {
-				ret = wh_is_chardev_whiteout(st) ? -ENOENT : 1;
-				break;
-			}
-			if (ret != -ENOENT && ret != -ENOTDIR && ret != -ENAMETOOLONG) {
-				a_error(c, ret, "cannot look up %s in %s: %s", path, l->spec,
-					strerror(-ret));
-				goto out;
-			}
-			ret = 0;
-			if (snprintf(wh, sizeof(wh), WH_PREFIX "%s", comp) < (int)sizeof(wh) &&
-			    l->ops->lookup(l, &dir, wh, &w, &wst) == 0)
-				ret = -ENOENT;
-			goto out;
+			ret = post_copy ? rwalk_redirect(c, w, val, total - rem, post_copy)
+					: a_nomem(c);
+			free(post_copy);
+			free(val);
 		}
-		if (ret < 0 || !S_ISDIR(st->st_mode)) {
-			ret = 0;
-			goto out;
-		}
-		char *p = join(sofar, comp);
-		if (!p) {
-			ret = a_nomem(c);
-			goto out;
-		}
-		free(sofar);
-		sofar = p;
-		dir.path = sofar;
-		dir.ref = child.ref;
+		free(dirpath);
+		dirpath = (char *)n.path;
+		n.path = NULL;
+		dir.path = dirpath;
+		dir.ref = n.ref;
 	}
-	out->path = join(sofar, comp);
-	out->ref = child.ref;
-	if (!out->path)
-		ret = a_nomem(c);
-out:
-	free(sofar);
-	free(copy);
+	free((char *)n.path);
+	free(dirpath);
+	free(path);
+	return ret < 0 && ret != -ENOENT ? ret : 0;
+}
+
+/* What the layers below a redirect add to e.  parent: the sources of e's directory. */
+static int redirect_srcs(struct actx *c, struct aname *e, const struct asrc *parent,
+			 int nparent)
+{
+	struct rwalk w = { .abs = e->rpath[0] == '/', .name = NULL };
+	int ret = 0;
+
+	w.name = strdup(e->rpath + strspn(e->rpath, "/"));
+	if (!w.name)
+		return a_nomem(c);
+	for (int layer = e->rlayer + 1; !ret && !w.stop && layer < c->n; layer++)
+		ret = w.abs ? rwalk_abs(c, e, &w, layer)
+			    : rwalk_rel(c, e, &w, layer, parent, nparent);
+	free(w.name);
+	free(e->rpath);
+	e->rpath = NULL;
 	return ret;
 }
 
@@ -546,18 +678,10 @@ static int add_dir_src(struct actx *c, struct aname *e, const struct asrc *s,
 		       const struct lnode *n)
 {
 	struct layer *l = c->layers[s->layer];
-	struct asrc *v = realloc(e->srcs, (e->nsrcs + 1) * sizeof(*v));
+	int ret = push_src(c, e, s->layer, n, s->redir);
 
-	if (!v)
-		return a_nomem(c);
-	e->srcs = v;
-	v[e->nsrcs].layer = s->layer;
-	v[e->nsrcs].ref = n->ref;
-	v[e->nsrcs].redir = s->redir;
-	v[e->nsrcs].path = strdup(n->path);
-	if (!v[e->nsrcs].path)
-		return a_nomem(c);
-	e->nsrcs++;
+	if (ret)
+		return ret;
 	if (wh_layer_dir_is_opaque(l, n)) {
 		stop(e, s->layer, AUDIT_OPAQUE);
 		return 0;
@@ -568,41 +692,6 @@ static int add_dir_src(struct actx *c, struct aname *e, const struct asrc *s,
 		stop(e, s->layer, AUDIT_REPLACED);
 	}
 	return 0;
-}
-
-/* What the layers below a redirect add to e, each looked up at the redirected path. */
-static int redirect_srcs(struct actx *c, struct aname *e)
-{
-	char *rpath = e->rpath;
-	int ret = 0;
-
-	e->rpath = NULL;
-	for (int layer = e->rlayer + 1; layer < c->n; layer++) {
-		struct asrc s = { .layer = layer, .redir = true };
-		struct lnode n = { NULL, 0 };
-		struct stat st;
-
-		ret = walk_layer(c, layer, rpath, &n, &st);
-		if (ret == 0)
-			continue;
-		if (ret < 0 || !S_ISDIR(st.st_mode)) {
-			free((char *)n.path);
-			break;
-		}
-		ret = vis_add(c, layer, n.path);
-		if (!ret)
-			ret = add_dir_src(c, e, &s, &n);
-		free((char *)n.path);
-		if (ret || (e->kind == AUDIT_OPAQUE && e->by == layer))
-			break;
-		if (e->rpath) {         /* redirected again below */
-			free(rpath);
-			rpath = e->rpath;
-			e->rpath = NULL;
-		}
-	}
-	free(rpath);
-	return ret < 0 && ret != -ENOENT ? ret : 0;
 }
 
 /* A visible entry: counted, remembered when a redirect shows it, scanned with --all. */
@@ -723,7 +812,7 @@ static int merge_dir(struct actx *c, struct asrc *srcs, int nsrcs, const char *r
 		ret = merge_layer(c, &m, &srcs[i]);
 	for (size_t i = 0; !ret && i < m.n; i++)
 		if (m.all[i]->state == AN_DIR && m.all[i]->rpath)
-			ret = redirect_srcs(c, m.all[i]);
+			ret = redirect_srcs(c, m.all[i], srcs, nsrcs);
 	for (size_t i = 0; !ret && i < m.n; i++) {
 		struct aname *e = m.all[i];
 		char *crel;

@@ -696,3 +696,11 @@ def test_error_unreadable_directory_among_many(tdir):
     assert p.returncode == 1, p.stderr
     assert "m/locked" in p.stderr and "Permission denied" in p.stderr
     assert os.listdir(outdir) == []
+
+
+def test_error_output_is_a_directory_or_unwritable(tdir):
+    src = build(tdir, [E("a", "f", data=b"a")])
+    p = squash(tdir, src, check=False)
+    assert p.returncode == 1 and "Is a directory" in p.stderr
+    p = squash(tdir / "no/such/dir/out.sqfs", src, check=False)
+    assert p.returncode == 1 and "No such file or directory" in p.stderr

@@ -300,6 +300,8 @@ int sqfs_squash_layers(const char *const *layers, int n, const char *out,
 	sqfs_codec_check(&opts.codec, err, errlen);     /* fills in the default level */
 	{
 		struct stat ost;
+		if (!stat(out, &ost) && S_ISDIR(ost.st_mode))
+			return wr_error(&c, -EISDIR, "cannot write %s", out);
 		if (!stat(out, &ost) && S_ISREG(ost.st_mode)) {
 			c.skip_dev = ost.st_dev;
 			c.skip_ino = ost.st_ino;

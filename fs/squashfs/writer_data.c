@@ -14,6 +14,10 @@
  * its END slot arrives, because fragment blocks are only queued between files.  Tails
  * (the last partial block, or a whole small file) are packed into fragment blocks and
  * deduplicated the same way, verified against the earlier tail's bytes.
+ *
+ * Files come from the walk (flatten.c) while it runs.  Prefetch threads read whole small
+ * files ahead of the reader, so per-file open/read/close latency overlaps; holes of host
+ * files are found with SEEK_DATA and never read.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -51,6 +51,7 @@ def worker(root, w, seed, deadline, out):
             with open(os.path.join(mydir, n), "rb") as f:
                 model[n] = f.read()
     errors = []
+    held = []
     appends = 0
     ops = 0
     serial = 0
@@ -61,7 +62,7 @@ def worker(root, w, seed, deadline, out):
     while time.monotonic() < deadline:
         ops += 1
         op = rng.choice(["create", "write", "append", "rename", "unlink", "read", "shared",
-                         "pool", "pool", "truncate"])
+                         "pool", "pool", "truncate", "hold"])
         try:
             if op == "create":
                 serial += 1
@@ -104,6 +105,11 @@ def worker(root, w, seed, deadline, out):
                 elif op == "unlink":
                     os.unlink(p(n))
                     del model[n]
+            elif op == "hold" and model:
+                # readers keep files open while they are written, renamed, removed
+                held.append(os.open(p(rng.choice(sorted(model))), os.O_RDONLY))
+                if len(held) > 3:
+                    os.close(held.pop(0))
             elif op == "shared":
                 with open(os.path.join(root, "shared/log"), "ab") as f:
                     f.write(f"{w}:{appends}\n".encode())
@@ -130,6 +136,8 @@ def worker(root, w, seed, deadline, out):
             errors.append(f"{op}: {e!r}")
             if len(errors) > 20:
                 break
+    for fd in held:
+        os.close(fd)
     out.put(json.dumps({"w": w, "model": {k: v.hex() for k, v in model.items()},
                         "errors": errors, "appends": appends, "ops": ops}))
 

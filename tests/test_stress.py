@@ -133,7 +133,7 @@ def worker(root, w, seed, deadline, out):
                 except FileNotFoundError:
                     pass                                  # another worker removed it
         except OSError as e:
-            errors.append(f"{op}: {e!r}")
+            errors.append(f"{op}: {e}")
             if len(errors) > 20:
                 break
     for fd in held:

@@ -4,8 +4,6 @@ hold every file type and attribute SquashFS can store."""
 import contextlib
 import os
 import random
-import stat
-import subprocess
 from pathlib import Path
 
 import union
@@ -151,21 +149,7 @@ def set_times(root, mtime):
     os.utime(root, (mtime, mtime))
 
 
-def tree_files(root):
-    out = []
-    for dirpath, _, filenames in os.walk(root):
-        for n in filenames:
-            p = os.path.join(dirpath, n)
-            if stat.S_ISREG(os.lstat(p).st_mode):
-                out.append(p)
-    return out
-
-
 def run_as_nobody(args, **kw):
     """Run mkimage as uid/gid 65534 (for permission errors: root reads everything)."""
     return mkimage(*args, prefix=["setpriv", "--reuid=65534", "--regid=65534",
                                   "--clear-groups"], **kw)
-
-
-def disk_free_image(path):
-    return subprocess.run(["unsquashfs", "-s", str(path)], capture_output=True, text=True)

@@ -892,7 +892,7 @@ static int visible(struct actx *c, const struct asrc *s, const struct lnode *n,
 		ret = vis_add(c, s->layer, n->path);
 	if (!ret)
 		ret = note_file(c, s->layer, st, true, !s->redir);
-	if (ret || s->redir || !S_ISREG(st->st_mode) || !c->o->scan_visible)
+	if (ret || s->redir || !S_ISREG(st->st_mode) || !st->st_size || !c->o->scan_visible)
 		return ret;
 	ret = scan(c, s->layer, n->path, n->ref, &reasons);
 	if (!ret && reasons)
@@ -981,8 +981,8 @@ static int finish(struct actx *c)
 	for (size_t i = 0; !ret && c->o->scan_hidden && i < r->nhidden; i++) {
 		struct audit_entry *e = &r->hidden[i];
 
-		if (!S_ISREG(e->mode))
-			continue;
+		if (!S_ISREG(e->mode) || !e->size)
+			continue;       /* an empty file holds no secret, whatever its name */
 		ret = scan(c, e->layer, e->path, e->ref, &e->reasons);
 		if (!ret && e->reasons)
 			ret = add_secret(c, e->path, e->layer, e->size, e->reasons, e);

@@ -264,6 +264,9 @@ static void find_assignments(struct scanner *sc, const char *s, const char *lowe
 						 s[i] == '\''))
 					i++;
 				v = span(s + i, n - i, "Aa0+/=_.-~", n);
+				/* code, not a literal: f(x), a[i], a + b */
+				if (i + v < n && !strchr(" \t\r\"'`,;&})#", s[i + v]))
+					v = 0;
 				if (looks_random(s + i, v)) {
 					sc->reasons |= AUDIT_R_ASSIGNMENT;
 					return;

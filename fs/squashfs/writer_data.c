@@ -786,12 +786,15 @@ static int pipe_start(struct pipe *p)
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
 	p->nworkers = c->o->threads > 0 ? c->o->threads : (ncpu > 0 ? (int)ncpu : 1);
-	/* two slots per worker keep them busy; past 64 MiB of buffers more does not help */
+	if (p->nworkers > 256)
+		p->nworkers = 256;       /* each holds a compression context */
+	/* Two slots per worker keep them busy.  Past 64 MiB of buffers more slots do not
+	 * help (workers beyond the slots just wait), and memory must stay bounded. */
 	p->cap = 2 * (size_t)p->nworkers + 4;
 	if (p->cap * 2 * p->bs > (64u << 20))
 		p->cap = (64u << 20) / (2 * p->bs);
-	if (p->cap < (size_t)p->nworkers + 2)
-		p->cap = (size_t)p->nworkers + 2;
+	if (p->cap < 4)
+		p->cap = 4;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->work_cv, NULL);
 	pthread_cond_init(&p->done_cv, NULL);

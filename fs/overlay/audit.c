@@ -408,6 +408,12 @@ static int hide_tree(struct actx *c, int layer, const struct lnode *n, const str
 			ret = a_nomem(c);
 			break;
 		}
+		if (strlen(path) >= PATH_MAX) {         /* also ends a directory loop */
+			ret = a_error(c, -ENAMETOOLONG, "path too long in %s: %.64s...",
+				      l->spec, path);
+			free(path);
+			break;
+		}
 		child.path = path;
 		ret = l->ops->lookup(l, n, nl.v[i], &child, &cst);
 		if (ret < 0)
@@ -786,6 +792,12 @@ static int merge_layer(struct actx *c, struct amap *m, const struct asrc *s)
 		path = join(s->path, nl.v[i]);
 		if (!path) {
 			ret = a_nomem(c);
+			break;
+		}
+		if (strlen(path) >= PATH_MAX) {         /* also ends a directory loop */
+			ret = a_error(c, -ENAMETOOLONG, "path too long in %s: %.64s...",
+				      l->spec, path);
+			free(path);
 			break;
 		}
 		child.path = path;

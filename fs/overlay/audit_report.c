@@ -112,6 +112,13 @@ static void print_reasons(FILE *f, uint32_t reasons)
 		}
 }
 
+/* A path for a terminal: control characters would redraw it. */
+static void put_path(FILE *f, const char *p)
+{
+	for (; *p; p++)
+		fputc((unsigned char)*p < 0x20 || *p == 0x7f ? '?' : *p, f);
+}
+
 static void print_table(FILE *f, const struct audit_result *r, size_t rows)
 {
 	size_t shown = rows && rows < r->nhidden ? rows : r->nhidden;
@@ -128,10 +135,11 @@ static void print_table(FILE *f, const struct audit_result *r, size_t rows)
 		const struct audit_entry *e = &r->hidden[i];
 
 		snprintf(by, sizeof(by), "%d (%s)", e->by_layer, audit_kind_name(e->kind));
-		fprintf(f, "%10s  %-5d  %-20s  %-7s  %s%s\n",
+		fprintf(f, "%10s  %-5d  %-20s  %-7s  ",
 			S_ISDIR(e->mode) ? "-" : human((double)e->size, sz, sizeof(sz)),
-			e->layer, by, audit_type_name(e->mode), e->path,
-			S_ISDIR(e->mode) ? "/" : "");
+			e->layer, by, audit_type_name(e->mode));
+		put_path(f, e->path);
+		fprintf(f, "%s\n", S_ISDIR(e->mode) ? "/" : "");
 	}
 	if (shown < r->nhidden)
 		fprintf(f, "%10s  ... and %zu more (--rows 0 or --json lists all)\n", "",
@@ -148,7 +156,9 @@ void audit_print(FILE *f, const struct audit_result *r, size_t rows, const char 
 		for (size_t i = 0; i < r->nsecrets; i++) {
 			const struct audit_secret *s = &r->secrets[i];
 
-			fprintf(f, "  layer %d  %s  ", s->layer, s->path);
+			fprintf(f, "  layer %d  ", s->layer);
+			put_path(f, s->path);
+			fprintf(f, "  ");
 			if (s->hidden)
 				fprintf(f, "[hidden by %d (%s)]: ", s->by_layer,
 					audit_kind_name(s->kind));

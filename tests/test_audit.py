@@ -639,7 +639,13 @@ def test_strata_audit_of_a_snapshot_chain(tdir):
     assert "`strata squash` would drop all of them" in p.stdout and KEY_BODY not in p.stdout
     strata(root, "audit", "base", rc=0)
     strata(root, "audit", "work", "--fail-on", "never", rc=0)
-    strata(root, "audit", "nosuch", rc=1)
+    p = strata(root, "--json", "audit", "nosuch", rc=1)
+    assert "error" in json.loads(p.stdout)
+    # the cure: the squashed chain is one image layer that hides nothing
+    strata(root, "squash", "top", "flat", "--comp", "none")
+    j = json.loads(strata(root, "--json", "audit", "flat").stdout)
+    assert len(j["layers"]) == 1 and j["hidden"] == [] and j["secrets"] == []
+    assert KEY_BODY.encode() not in Path(j["layers"][0]["path"]).read_bytes()
 
 
 def test_corrupt_images_never_crash(tdir):

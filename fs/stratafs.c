@@ -35,6 +35,7 @@ struct sfs {
 	struct sfs_config cfg;
 	struct fuse_session *se;
 	uint64_t reads, writes;         /* READ/WRITE requests that reached the daemon */
+	bool no_open;                   /* read-only mount: the kernel sends no OPEN/RELEASE */
 };
 
 struct sfs_fh {
@@ -62,9 +63,39 @@ static fuse_ino_t sfs_id(struct sfs *s, struct ovl_node *n)
 	return n == s->fs.root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)n;
 }
 
+static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_fh **out);
+static void sfs_fh_free(struct sfs_fh *fh);
+
 static struct sfs_fh *sfs_fh(struct fuse_file_info *fi)
 {
 	return (struct sfs_fh *)(uintptr_t)fi->fh;
+}
+
+/*
+ * The handle of a request.  On read-only mounts the kernel opens nothing
+ * (FUSE_NO_OPEN_SUPPORT: no OPEN/RELEASE round trip per file, cached reads cost nothing)
+ * and sends fh 0: reads then share one handle per node, made on first use and closed
+ * with the node.  NULL if it cannot be made (the caller answers EIO).
+ */
+static struct sfs_fh *sfs_fh_get(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ovl_node *n;
+	struct sfs_fh *fh;
+
+	if (fi && fi->fh)
+		return sfs_fh(fi);
+	n = sfs_node(req, ino);
+	pthread_mutex_lock(&n->lock);
+	if (!n->reader && sfs_open_fh(sfs_of(req), n, O_RDONLY, &fh) == 0)
+		n->reader = fh;
+	fh = n->reader;
+	pthread_mutex_unlock(&n->lock);
+	return fh;
+}
+
+static void sfs_reader_free(void *fh)
+{
+	sfs_fh_free(fh);
 }
 
 /* Other names of a hard link are other nodes: keep their cached attrs short. */
@@ -135,7 +166,8 @@ static int sfs_stat_node(fuse_req_t req, struct ovl_node *n, struct fuse_file_in
 	int ret = ovl_getattr(&sfs_of(req)->fs, n, st);
 
 	/* An open file whose name is gone: its fd still knows. */
-	if (ret == -ENOENT && fi && sfs_fh(fi)->fd >= 0 && fstat(sfs_fh(fi)->fd, st) == 0) {
+	if (ret == -ENOENT && fi && fi->fh && sfs_fh(fi)->fd >= 0 &&
+	    fstat(sfs_fh(fi)->fd, st) == 0) {
 		st->st_ino = n->ino;
 		ovl_map_stat(&sfs_of(req)->fs, st);
 		ret = 0;
@@ -247,7 +279,8 @@ static void sfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	int ret = sfs_upper_begin(s, n, path);
 
 	if (!ret) {
-		ret = sfs_do_setattr(s, n, path, attr, to_set, fi ? sfs_fh(fi)->fd : -1);
+		ret = sfs_do_setattr(s, n, path, attr, to_set,
+				     fi && fi->fh ? sfs_fh(fi)->fd : -1);
 		sfs_upper_done(s);
 	}
 	if (!ret)
@@ -464,7 +497,13 @@ static void sfs_fh_free(struct sfs_fh *fh)
 static void sfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct sfs_fh *fh;
-	int ret = sfs_open_fh(sfs_of(req), sfs_node(req, ino), fi->flags, &fh);
+	int ret;
+
+	if (sfs_of(req)->no_open) {
+		fuse_reply_err(req, ENOSYS);    /* from now on the kernel opens by itself */
+		return;
+	}
+	ret = sfs_open_fh(sfs_of(req), sfs_node(req, ino), fi->flags, &fh);
 
 	if (ret) {
 		fuse_reply_err(req, -ret);
@@ -549,14 +588,17 @@ static void sfs_follow_copy_up(struct sfs *s, struct sfs_fh *fh)
 static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	struct sfs_fh *fh = sfs_fh(fi);
+	struct sfs_fh *fh = sfs_fh_get(req, ino, fi);
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
 	struct layer_file *lf;
 	ssize_t n;
 	char *buf;
 	int fd;
 
-	(void)ino;
+	if (!fh) {
+		fuse_reply_err(req, EIO);
+		return;
+	}
 	__atomic_add_fetch(&sfs_of(req)->reads, 1, __ATOMIC_RELAXED);
 	sfs_follow_copy_up(sfs_of(req), fh);
 	fd = __atomic_load_n(&fh->fd, __ATOMIC_ACQUIRE);
@@ -614,7 +656,7 @@ static void sfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 static void sfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct sfs *s = sfs_of(req);
-	int fd = sfs_fh(fi)->fd, ret = 0;
+	int fd = fi->fh ? sfs_fh(fi)->fd : -1, ret = 0;
 
 	(void)ino;
 	if (!s->fs.o.volatile_ && s->cfg.fsync && fd >= 0 && !sfs_fh(fi)->lf)
@@ -971,7 +1013,7 @@ static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 static void sfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
 			  struct fuse_file_info *fi)
 {
-	int fd = sfs_fh(fi)->fd;
+	int fd = fi->fh ? sfs_fh(fi)->fd : -1;
 
 	(void)ino;
 	if (fd < 0 || sfs_fh(fi)->lf)
@@ -983,10 +1025,10 @@ static void sfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, o
 static void sfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		      struct fuse_file_info *fi)
 {
-	int fd = sfs_fh(fi)->fd;
+	struct sfs_fh *fh = sfs_fh_get(req, ino, fi);
+	int fd = fh ? __atomic_load_n(&fh->fd, __ATOMIC_ACQUIRE) : -1;
 	off_t r;
 
-	(void)ino;
 	if (fd < 0) {
 		fuse_reply_err(req, EOPNOTSUPP);
 		return;
@@ -1038,6 +1080,11 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 	if (s->pt.wanted)
 		conn->want &= ~FUSE_CAP_SPLICE_READ;
+	/* Read-only and nothing to pass through: let the kernel open files itself. */
+	if (!s->fs.has_upper && !s->pt.wanted && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)) {
+		conn->want |= FUSE_CAP_NO_OPEN_SUPPORT;
+		s->no_open = true;
+	}
 	sfs_log(s, "data path: %s", s->pt.active ? "kernel passthrough for directory layers"
 			: s->pt.wanted ? "splice (the kernel did not offer passthrough)"
 			: "splice");
@@ -1117,8 +1164,14 @@ static int sfs_want_passthrough(struct sfs *s)
 	char err[256];
 	const char *why = NULL;
 
+	int i;
+
 	if (!s->cfg.passthrough)
 		return 0;
+	for (i = 0; i < s->fs.nlayers && s->fs.layers[i]->root_fd < 0; i++)
+		;
+	if (i == s->fs.nlayers)
+		return 0;       /* image layers only: their bytes are ours to decompress */
 	if (s->fs.rootless)
 		why = "it needs CAP_SYS_ADMIN in the initial user namespace";
 	else if (s->cfg.writeback)
@@ -1192,6 +1245,7 @@ int main(int argc, char **argv)
 	if (sfs_check_mountpoint(s.cfg.mountpoint))
 		return 1;
 	s.fs.o = s.cfg.o;
+	s.fs.reader_free = sfs_reader_free;
 	s.fs.rootless = sfs_rootless();
 	if (ovl_fs_init(&s.fs, s.cfg.lowers, s.cfg.nlowers, s.cfg.upper, s.cfg.work,
 			err, sizeof(err)) < 0) {

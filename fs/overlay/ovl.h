@@ -60,6 +60,8 @@ struct ovl_node {
 	/* Files, for the FUSE glue: the kernel wants every passthrough open of an inode on
 	 * one backing file, and no cached (non-passthrough) open beside them. */
 	int pt_id, pt_refs, cached_opens;
+	void *reader;                   /* the glue's shared read handle when the kernel
+					 * does not open files (read-only mounts) */
 	dev_t pt_dev;
 	ino_t pt_ino;
 };
@@ -102,6 +104,7 @@ struct ovl_fs {
 	struct ovl_devmap *devmap;
 	uint64_t tmp_seq;
 	uint64_t gen;                   /* bumped by every namespace change */
+	void (*reader_free)(void *reader);
 };
 
 /* What a lookup of one name found across the stack. */

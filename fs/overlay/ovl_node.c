@@ -135,6 +135,8 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 		ovl_node_unhash(fs, n);
 		free(n->name);
 		ovl_lent_free(n->lent, n->nlent);
+		if (n->reader && fs->reader_free)
+			fs->reader_free(n->reader);
 		if (n->listing) {
 			ovl_dir_free(n->listing);
 			free(n->listing);

@@ -419,12 +419,19 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 /*
  * Passthrough for an open file when it can be had.  The kernel's rules: every open of an
  * inode that has a passthrough open must be a passthrough open on the same backing file,
- * and no passthrough open may join cached ones.  So an inode with cached opens gets cached
- * ones, and one whose open files pass through to one file takes only that file.  The one
- * open that cannot follow -- a write open of a lower file (after its copy-up) while it is
- * still open read-only through the mount -- fails with ETXTBSY: the kernel would refuse it
- * with EIO, and passing writes to the lower file is not an option.
+ * and no passthrough open may join cached ones.  A lower file can be copied up while it is
+ * open (a reader, then a writer): its inode would then need a second backing file, which
+ * the kernel refuses.  So on a writable mount only upper files pass through -- created or
+ * copied up, they never change file again -- and lower files take the cached splice path
+ * (their pages stay cached: nothing changes them); on a read-only mount every directory-
+ * layer file passes through.  An inode with cached opens gets cached ones until they
+ * close.  ETXTBSY below is a safety net these rules do not reach.
  */
+static bool sfs_pt_eligible(struct sfs *s, const struct sfs_fh *fh)
+{
+	return fh->fd >= 0 && (!s->fs.has_upper || !fh->lf || fh->l == s->fs.layers[0]);
+}
+
 static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 {
 	struct stat st;
@@ -432,7 +439,8 @@ static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 
 	fh->node = n;
 	pthread_mutex_lock(&n->lock);
-	if (!s->pt.active || fh->fd < 0 || n->cached_opens || fstat(fh->fd, &st) < 0) {
+	if (!s->pt.active || !sfs_pt_eligible(s, fh) || n->cached_opens ||
+	    fstat(fh->fd, &st) < 0) {
 		if (n->pt_refs) {
 			ret = -ETXTBSY;
 		} else {

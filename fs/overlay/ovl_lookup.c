@@ -40,18 +40,24 @@ static int ovl_layer_find(struct ovl_fs *fs, const struct ovl_lent *dl, const ch
 	return 0;
 }
 
-/* Walk `path` from the root of one layer, for a redirect, whose target need not lie
- * under the directory's own stack.  Same answers as ovl_layer_find(). */
+/*
+ * Walk `path` from the root of one layer, for a redirect, whose target need not lie under
+ * the directory's own stack.  Same answers as ovl_layer_find(); as in the kernel, a
+ * whiteout or a non-directory on the way stops the lookup (-ENOENT), and an opaque
+ * directory on the way sets *stop_below: layers under this one are not consulted.
+ */
 static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct lnode *child,
-			  struct stat *st)
+			  struct stat *st, bool *stop_below)
 {
 	struct layer *l = fs->layers[layer];
 	struct ovl_lent cur = { layer, 0, NULL };
-	char sofar[PATH_MAX] = "", comp[NAME_MAX + 1];
+	char sofar[PATH_MAX] = "", comp[NAME_MAX + 1], v[PATH_MAX];
 	const char *p = path, *slash;
-	struct lnode dir, c;
+	struct lnode c;
 	struct stat dst;
+	bool opaque;
 	size_t len;
+	int ret;
 
 	for (;;) {
 		while (*p == '/')
@@ -64,14 +70,19 @@ static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct
 			return -ENAMETOOLONG;
 		memcpy(comp, p, len);
 		comp[len] = 0;
-		dir.path = sofar;
-		dir.ref = cur.ref;
-		if (l->ops->lookup(l, &dir, comp, &c, &dst) < 0 || !S_ISDIR(dst.st_mode))
-			return 0;
+		ret = ovl_layer_find(fs, &cur, sofar, comp, &c, &dst);
+		if (ret <= 0)
+			return ret;
+		if (!S_ISDIR(dst.st_mode))
+			return -ENOENT;
 		if (*sofar)
 			strcat(sofar, "/");
 		strcat(sofar, comp);
 		cur.ref = c.ref;
+		c.path = sofar;
+		wh_layer_dir_marks(l, &c, &opaque, v, sizeof(v));
+		if (opaque)
+			*stop_below = true;
 		p = slash + 1;
 	}
 }
@@ -125,7 +136,7 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 		bool skip_upper, struct ovl_res *res)
 {
 	char cpath[PATH_MAX], lpath[PATH_MAX], rpath[PATH_MAX];
-	bool redirected = false;
+	bool redirected = false, stop_below = false;
 	struct lnode child;
 	struct stat st;
 	int i = 0, layer = -1, ret;
@@ -154,10 +165,10 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 				ret = ovl_layer_find(fs, dl, ovl_lent_path(dl, dpath), name, &child, &st);
 		} else {
 			/* Below a redirect: every lower layer, at the redirected path. */
-			if (++layer >= fs->nlayers)
+			if (stop_below || ++layer >= fs->nlayers)
 				break;
 			strcpy(lpath, rpath);
-			ret = ovl_layer_walk(fs, layer, lpath, &child, &st);
+			ret = ovl_layer_walk(fs, layer, lpath, &child, &st, &stop_below);
 		}
 		if (ret == 0)
 			continue;

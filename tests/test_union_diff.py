@@ -945,6 +945,11 @@ def test_o_tmpfile(tdir):
     k = run_side("kernel", tdir / "probe", rich_stack(), ops, None, ())
     if k.log[0][1] == "EOPNOTSUPP":
         pytest.skip("the kernel overlay has no O_TMPFILE here")
+    i = run_side("impl", tdir / "probe-impl", rich_stack(), ops, None, ())
+    if not union.impl_is_fuse_overlayfs() and i.log[0][1] in ("EOPNOTSUPP", "ENOTSUP"):
+        # libfuse 3.14 (Debian 12) has no tmpfile operation, so the kernel's FUSE_TMPFILE
+        # gets ENOSYS and O_TMPFILE fails cleanly; documented in Documentation/design.md.
+        pytest.xfail("stratafs on libfuse 3.14: no O_TMPFILE (fails with EOPNOTSUPP)")
     run_diff(tdir, rich_stack(), ops)
 
 

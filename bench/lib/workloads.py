@@ -10,7 +10,6 @@ Native has no mount: write workloads run in a scratch directory on the same file
 holding a copy of whatever the workload changes (so "rm -rf" removes the same tree).
 """
 import os
-import shutil
 import time
 
 from common import NA, drop_caches, fresh_dir, kv, rmtree, sh, timed
@@ -189,7 +188,7 @@ class RmRf(WriteWorkload):
         victim = os.path.join(path, "small")
         if native:
             victim = os.path.join(self.target(ctx, path, native), "small")
-            shutil.copytree(os.path.join(path, "small"), victim, symlinks=True)
+            sh(["cp", "-a", os.path.join(path, "small"), victim], timeout=ctx.timeout)
             os.sync()
         secs, _ = timed(["rm", "-rf", victim], timeout=ctx.timeout)
         if os.path.exists(victim):

@@ -138,3 +138,22 @@ def test_latfs_bad_source(tools, tmp_path):
     p = subprocess.run([os.path.join(tools, "latfs"), str(tmp_path / "nope"), str(tmp_path)],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "nope" in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the suite mounts (root)")
+def test_suite_reports_missing_binaries_as_na(tmp_path):
+    """bench/run never crashes on a missing strata binary: the system is n/a, with why."""
+    env = dict(os.environ, STRATA_BUILD=str(tmp_path / "nobuild"))
+    out = tmp_path / "res"
+    p = subprocess.run([os.path.join(REPO, "bench", "run"), "--quick", "--only", "squash,import",
+                        "--root", str(tmp_path / "work"), "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "build/mkimage not built" in report or "mkimage not built" in report
+    assert "strata not built" in report
+    assert (out / "squash.csv").exists() and (out / "results.json").exists()
+    # mksquashfs and tar2sqfs still measured, and nothing is left behind in the work root.
+    assert "| lz4 | `mksquashfs` | n/a" not in report
+    assert os.listdir(tmp_path / "work") == []

@@ -152,20 +152,17 @@ static void progress(void *ctx, const struct sqfs_squash_stats *st, int final)
 	fflush(stdout);
 }
 
-static void summary(const char *out, const struct sqfs_squash_stats *st,
-		    const char *const *layers, int nlayers)
+static void summary(const char *out, const struct sqfs_squash_stats *st)
 {
 	char a[32], b[32], d[32], h[32], hidden[96] = "";
 	double in = (double)st->total_bytes;
-	uint64_t hfiles, hbytes;
 
-	/* What the stack hides and the image therefore leaves out (see mkimage audit).  It
-	 * costs a second walk of every layer, so one layer (which hides nothing from itself)
-	 * is answered without one. */
-	hfiles = hbytes = 0;
-	if (nlayers == 1 || !mk_hidden_bytes(layers, nlayers, &hfiles, &hbytes))
+	/* What the stack hides and the image therefore leaves out, counted by the walk the
+	 * way `mkimage audit` counts it; unknown when a hidden entry could not be read. */
+	if (st->hidden_known)
 		snprintf(hidden, sizeof(hidden), "%s hidden left out (%llu files), ",
-			 mk_human((double)hbytes, h, sizeof(h)), (unsigned long long)hfiles);
+			 mk_human((double)st->hidden_bytes, h, sizeof(h)),
+			 (unsigned long long)st->hidden_files);
 	printf("%s: %llu files, %llu dirs, %s in, %s image (%.1f%%), %s deduplicated, "
 	       "%s%u inodes, %.2f s\n", out, (unsigned long long)st->files,
 	       (unsigned long long)st->dirs, mk_human(in, a, sizeof(a)),
@@ -266,7 +263,7 @@ static int squash_main(int argc, char **argv, const char **ex)
 		return MKIMAGE_EXIT_ERROR;
 	}
 	if (!quiet)
-		summary(out, &st, (const char *const *)argv + optind, argc - optind);
+		summary(out, &st);
 	if (getenv("MKIMAGE_TIMES"))
 		fprintf(stderr, "walk %.2f s, data %.2f s, total %.2f s\n", st.walk_seconds,
 			st.data_seconds, st.seconds);

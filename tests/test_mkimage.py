@@ -1,5 +1,6 @@
 """mkimage squash / inspect against independent readers: the kernel's squashfs, unsquashfs,
 and, for layer stacks, the kernel overlay's merged view of the same layers."""
+import contextlib
 import json
 import os
 import stat
@@ -753,3 +754,262 @@ def test_random_files_round_trip_and_reproducible(tdir, seed):
     assert a.read_bytes() == b.read_bytes()
     with kmount(a, tdir / "mnt") as m:
         assert_same(view(src), view(m))
+
+
+# ---------------------------------------------------------------------------------------
+# redirects (directories renamed with redirect_dir) and what the stack hides
+
+def human(n):
+    """mkimage's size format (mk_human)."""
+    units, u, x = ["B", "KiB", "MiB", "GiB", "TiB"], 0, float(n)
+    while x >= 1024 and u < 4:
+        x /= 1024
+        u += 1
+    return f"{x:.1f} {units[u]}" if u else f"{x:.0f} B"
+
+
+def summary_hidden(p):
+    import re
+    m = re.search(r", (\S+ \S+) hidden left out \((\d+) files\), ", p.stdout)
+    assert m, f"no hidden count in the summary: {p.stdout!r}"
+    return m[1], int(m[2])
+
+
+def audit_totals(layers):
+    p = mkimage("audit", "--json", "--fail-on", "never", *layers)
+    return json.loads(p.stdout)["totals"]
+
+
+def assert_hidden_like_audit(p, layers):
+    """The squash summary's hidden count is the audit's (files and dead bytes)."""
+    t = audit_totals(layers)
+    assert summary_hidden(p) == (human(t["dead_bytes"]), t["hidden_files"]), t
+
+
+@contextlib.contextmanager
+def follow_overlay(layers, mnt):
+    """The kernel overlay's read-only merged view of layers (top first), redirects followed."""
+    Path(mnt).mkdir(parents=True, exist_ok=True)
+    with union.KernelMount(mnt, layers, opts=["redirect_dir=follow"]):
+        yield Path(mnt)
+
+
+def overlay_view(m):
+    # a whiteout left in a directory only one lower layer has is listed by the kernel
+    # although lookup says ENOENT: the name is not in the merged view (see above)
+    return {k: v for k, v in view(m, nlink=False).items()
+            if v.get("type") != "listed, but lstat: ENOENT"}
+
+
+def assert_image_is_merged_view(tdir, img, layers):
+    out = unsquashfs(img, tdir / "x")
+    with follow_overlay(layers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        ov = overlay_view(o)
+        assert_same(ov, view(m, nlink=False), ("overlay", "kernel squashfs"))
+        assert_same(ov, view(out, nlink=False), ("overlay", "unsquashfs"))
+
+
+def has_redirect(root):
+    for dirpath, dirnames, _ in os.walk(root):
+        for n in dirnames:
+            if "trusted.overlay.redirect" in os.listxattr(os.path.join(dirpath, n)):
+                return True
+    return False
+
+
+def kernel_renamed_stack(tdir):
+    """Two lower layers and an upper written by the kernel overlay (redirect_dir=on) while
+    directories with lower content were renamed: within their parent (a relative
+    redirect), elsewhere (absolute), into a renamed directory, twice, and with their parent
+    renamed after them; a new directory takes an old name; lower files in a renamed
+    directory are deleted and new ones added.  Returns the layers, top first."""
+    lowers = stack(tdir, [
+        [E("a/x", "f", data=b"x in the middle"), E("a/sub/deep", "f", data=b"deep"),
+         E("a/sub/gone", "f", data=b"deleted after the rename"),
+         E("p/q/r", "f", data=b"r" * 3000), E("p/q/s/t", "f", data=b"t"),
+         E("m/n/o", "f", data=b"o"), E("keep/k", "f", data=b"k", mode=0o600),
+         E("twice/t", "f", data=b"t2"), E("hl/one", "f", data=b"linked"),
+         E("hl/two", "h", target="hl/one")],
+        [E("a/y", "f", data=b"y at the bottom"), E("a/x", "f", data=b"x hidden below"),
+         E("far/away/f", "f", data=b"far"), E("p/q/u", "f", data=b"u"),
+         E("m/n/o2", "f", data=b"o2"), E("twice/deeper/z", "f", data=b"z")],
+    ], True, "k")
+    upper, work, mnt = tdir / "upper", tdir / "work", tdir / "kmnt"
+    for d in (upper, work, mnt):
+        d.mkdir()
+    with union.KernelMount(mnt, lowers, upper, work, opts=["redirect_dir=on"]):
+        os.rename(mnt / "a", mnt / "b")                       # relative: "a"
+        os.rename(mnt / "p/q", mnt / "moved_q")               # absolute: "/p/q"
+        os.rename(mnt / "m/n", mnt / "m/n2")
+        (mnt / "m/n2/new").write_bytes(b"new in a renamed dir")
+        os.rename(mnt / "m", mnt / "m_renamed")               # parent renamed after
+        os.mkdir(mnt / "a")                                   # opaque, over a whiteout
+        (mnt / "a/fresh").write_bytes(b"fresh")
+        os.rename(mnt / "far/away", mnt / "b/sub/away")       # into a renamed dir
+        os.unlink(mnt / "b/x")
+        os.unlink(mnt / "b/sub/gone")
+        os.rename(mnt / "twice", mnt / "twice1")
+        os.rename(mnt / "twice1", mnt / "twice2")
+        os.rename(mnt / "keep", mnt / "hl/keep")
+    assert has_redirect(upper)
+    return [upper] + lowers
+
+
+def test_kernel_renamed_dirs_match_kernel_overlay(tdir):
+    layers = kernel_renamed_stack(tdir)
+    img = tdir / "out.sqfs"
+    p = squash(img, *layers)
+    unsquashfs_stat_ok(img)
+    assert_image_is_merged_view(tdir, img, layers)
+    with kmount(img, tdir / "m2") as m:           # the lower content under the new names
+        assert (m / "b/y").read_bytes() == b"y at the bottom"
+        assert (m / "b/sub/away/f").read_bytes() == b"far"
+        assert (m / "moved_q/r").read_bytes() == b"r" * 3000
+        assert (m / "m_renamed/n2/o2").read_bytes() == b"o2"
+        assert not (m / "b/x").exists() and not (m / "p/q").exists()
+    assert_hidden_like_audit(p, layers)
+
+
+def test_kernel_renamed_dirs_image_layers(tdir):
+    """The same stack with the lower layers as SquashFS images (the redirect's lower
+    content is read through the image backend)."""
+    layers = kernel_renamed_stack(tdir)
+    imgs = []
+    for i, l in enumerate(layers[1:]):
+        imgs.append(tdir / f"l{i}.sqfs")
+        squash(imgs[-1], l)
+    a, b = tdir / "dirs.sqfs", tdir / "imgs.sqfs"
+    squash(a, *layers)
+    p = squash(b, layers[0], *imgs)
+    with kmount(a, tdir / "m1") as x, kmount(b, tdir / "m2") as y:
+        assert_same(view(x), view(y), ("dir layers", "image layers"))
+    assert_hidden_like_audit(p, [layers[0]] + imgs)
+
+
+def every_form_layers(oci):
+    """Three layers (top first): every whiteout form, opaque forms, replaced files and
+    directories, hard links (one name hidden, the other shown; both hidden), and
+    redirects (absolute, relative, and one met again in a lower layer).  oci: whiteouts
+    as .wh. files, opaque as .wh..wh..opq / user.overlay.opaque; else the kernel's forms.
+    Sizes stay small: the hidden bytes are below 1 KiB, so the summary shows them exactly."""
+    wh = "wh" if oci else "char"
+    top = [
+        E("gone_char", "w"), E("gone_wh", "w", form=wh), E("gonedir", "w", form=wh),
+        E("opq_x", "d", opaque="xattr"), E("opq_x/new", "f", data=b"n1"),
+        E("opq_u", "d", opaque="user" if oci else "xattr"), E("opq_u/new", "f", data=b"n2"),
+        E("opq_m", "d", opaque="wh" if oci else "xattr"), E("opq_m/new", "f", data=b"n3"),
+        E("rep", "f", data=b"newest"), E("rep_dir_by_file", "f", data=b"now a file"),
+        E("rep_file_by_dir/in", "f", data=b"in"),
+        E("renamed", "d", xattrs={"trusted.overlay.redirect": b"/orig"}),
+        E("orig", "w", form=wh), E("renamed/drop", "w", form=wh),
+        E("renamed/added", "f", data=b"added"),
+        E("rel_new", "d", xattrs={"trusted.overlay.redirect": b"rel_old"}),
+        E("rel_old", "w"),
+        E("hl_a", "w", form=wh), E("hl_c", "w"), E("hl_d", "w", form=wh),
+        E("nest/moved", "d", xattrs={"trusted.overlay.redirect": b"/src/dir"}),
+        E("src", "w", form=wh), E("elsewhere", "w"),
+    ]
+    middle = [
+        E("gone_char", "f", data=b"gc"), E("gone_wh", "f", data=b"gw" * 5),
+        E("gonedir/x", "f", data=b"x" * 7), E("gonedir/y/z", "f", data=b"z" * 11),
+        E("gonedir/l", "l", target="x"),
+        E("opq_x/old", "f", data=b"o" * 13), E("opq_u/old/deep", "f", data=b"d" * 17),
+        E("opq_m/old", "f", data=b"m" * 19),
+        E("rep", "f", data=b"r" * 23), E("rep_dir_by_file/child", "f", data=b"c" * 29),
+        E("rep_file_by_dir", "f", data=b"f" * 31),
+        E("orig/a", "f", data=b"a" * 37), E("orig/drop", "f", data=b"p" * 41),
+        E("orig/sub/b", "f", data=b"b" * 43),
+        E("rel_old/r", "f", data=b"r" * 47),
+        E("hl_a", "f", data=b"h" * 53), E("hl_b", "h", target="hl_a"),
+        E("hl_c", "f", data=b"H" * 59), E("hl_d", "h", target="hl_c"),
+        # met again below: the lower copy of src/dir is itself redirected
+        E("src/dir", "d", xattrs={"trusted.overlay.redirect": b"/elsewhere"}),
+        E("src/dir/mid", "f", data=b"m" * 61),
+    ]
+    bottom = [
+        E("rep", "f", data=b"R" * 67), E("opq_x/older", "f", data=b"O" * 71),
+        E("orig/a", "f", data=b"A" * 73), E("orig/bottom", "f", data=b"B" * 3),
+        E("gonedir/w", "f", data=b"w" * 5),
+        E("rel_old/rb", "f", data=b"rb"), E("rel_new/own", "f", data=b"q" * 79),
+        E("elsewhere/e", "f", data=b"e"), E("src/dir/not_shown", "f", data=b"s" * 83),
+        E("merge/m", "f", data=b"m"),
+    ]
+    return [top, middle, bottom]
+
+
+def test_every_form_hidden_count_equals_audit(tdir):
+    oci = stack(tdir, every_form_layers(True), False, "oci")
+    kern = stack(tdir, every_form_layers(False), True, "k")
+    img = tdir / "out.sqfs"
+    p = squash(img, *oci)
+    t = audit_totals(oci)
+    assert t == audit_totals(kern)
+    assert 0 < t["dead_bytes"] < 1024 and t["hidden_files"] > 10
+    assert summary_hidden(p) == (f"{t['dead_bytes']} B", t["hidden_files"])
+    assert_image_is_merged_view(tdir, img, kern)
+    # the same stack again, as images: the same count
+    imgs = []
+    for i, l in enumerate(oci):
+        imgs.append(tdir / f"l{i}.sqfs")
+        union.run(["mksquashfs", str(l), str(imgs[-1]), "-noappend", "-quiet",
+                   "-no-progress", "-xattrs"])
+    p = squash(tdir / "from_imgs.sqfs", *imgs)
+    assert summary_hidden(p) == (f"{t['dead_bytes']} B", t["hidden_files"])
+
+
+def test_hidden_count_skips_nothing_it_should_count(tdir):
+    """Hard links: a hidden name whose inode another name still shows costs nothing; two
+    hidden names of one inode count once; a single layer hides nothing."""
+    lowers = stack(tdir, [
+        [E("a", "w"), E("big1", "w"), E("big2", "w")],
+        [E("a", "f", data=b"h" * 1000), E("b", "h", target="a"),
+         E("big1", "f", data=b"b" * 5000), E("big2", "h", target="big1")],
+    ], True, "k")
+    p = squash(tdir / "out.sqfs", *lowers)
+    assert summary_hidden(p) == (human(5000), 3)
+    p = squash(tdir / "one.sqfs", lowers[1])
+    assert summary_hidden(p) == ("0 B", 0)
+
+
+def random_redirect_stack(seed, nlayers=4, nops=40):
+    """random_stack() with a few directories of each layer but the bottom one redirected
+    (absolute and relative values), mostly to directories the lower layers hold."""
+    import random
+    rng = random.Random(seed * 7919 + 1)
+    names = ["a", "b", "c", "d"]
+    layers = random_stack(seed, nlayers, nops)
+    for li in range(nlayers - 1):
+        ents = layers[li]
+        dirs = {"/".join(p.split("/")[:i]) for p, k, a in ents for i in range(1, p.count("/") + 1)}
+        dirs |= {p for p, k, a in ents if k == "d" and not a.get("opaque")}
+        dirs -= {p for p, k, a in ents if k != "d" or a.get("opaque")}
+        below = sorted({"/".join(p.split("/")[:i]) for lower in layers[li + 1:]
+                        for p, k, a in lower for i in range(1, p.count("/") + 1 + (k == "d"))})
+        for path in rng.sample(sorted(dirs), min(3, len(dirs))):
+            r = rng.random()
+            if r < 0.5 and below:                  # a directory a lower layer holds
+                target = "/" + rng.choice(below)
+            elif r < 0.65:
+                target = "/" + "/".join(rng.choice(names) for _ in range(rng.randint(1, 3)))
+            else:
+                target = rng.choice(names)
+            ents.append(E(path, "d", xattrs={"trusted.overlay.redirect": target.encode()}))
+    return layers
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("MKIMAGE_REDIRECT_SEEDS", "10"))))
+def test_random_redirect_stacks_match_kernel_overlay(tdir, seed):
+    layers = random_redirect_stack(seed)
+    lowers = stack(tdir, layers, True, "k")
+    img = tdir / "out.sqfs"
+    p = squash(img, *lowers)
+    with follow_overlay(lowers, tdir / "ovl") as o, kmount(img, tdir / "mnt") as m:
+        # A redirect here may show a directory that is still visible at its own path
+        # (the kernel never writes that: a rename whites out the old name), and the
+        # kernel then shows one inode at two paths, where the image has two copies.
+        a = union.strip(overlay_view(o), "links")
+        d = union.diff_snapshots(a, union.strip(view(m, nlink=False), "links"),
+                                 ("overlay", "image"))
+        assert not d, f"seed {seed}: trees differ:\n{d}"
+    t = audit_totals(lowers)
+    assert summary_hidden(p) == (human(t["dead_bytes"]), t["hidden_files"]), f"seed {seed}"

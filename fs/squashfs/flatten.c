@@ -76,6 +76,9 @@ int wnode_path(const struct wnode *n, char *buf, size_t size)
 {
 	size_t len = 0, pos;
 
+	if (n->lpath)
+		return snprintf(buf, size, "%s", n->lpath) < (int)size ? 0 : -ENAMETOOLONG;
+
 	for (const struct wnode *x = n; x->parent; x = x->parent)
 		len += strlen(x->name) + (x->parent->parent ? 1 : 0);
 	if (len >= size)
@@ -253,6 +256,9 @@ static int fill_node(struct wctx *c, struct wnode *n, struct fent *e)
 		n->size = (uint64_t)st->st_size;
 		n->layer = s->l;
 		n->ref = s->ref;
+		/* seen through a redirect: its data is at another path in its layer */
+		if (s->redir && !(n->lpath = strdup(s->path)))
+			return wr_error(c, -ENOMEM, "out of memory");
 		return add_file(c, n) ? wr_error(c, -ENOMEM, "out of memory") : 0;
 	case S_IFLNK:
 		n->symlink = e->symlink;
@@ -274,6 +280,98 @@ static int fill_node(struct wctx *c, struct wnode *n, struct fent *e)
 	}
 	return wr_error(c, -EINVAL, "%s/%s: unknown file type 0%o", s->l->spec, s->path,
 			st->st_mode & S_IFMT);
+}
+
+/* ---- what the stack hides --------------------------------------------------------- */
+
+static bool hl_visible(const struct wctx *c, int layer, ino_t ino)
+{
+	if (!c->hl_buckets)
+		return false;
+	for (struct hl_ent *e = c->hl[hl_hash(layer, ino, c->hl_buckets)]; e; e = e->next)
+		if (e->layer == layer && e->ino == ino)
+			return true;
+	return false;
+}
+
+static int cmp_rec(const struct hrec *a, const struct hrec *b, const char *paths)
+{
+	if (a->layer != b->layer)
+		return a->layer < b->layer ? -1 : 1;
+	return strcmp(paths + a->path, paths + b->path);
+}
+
+static int cmp_shown(const void *a, const void *b, void *paths)
+{
+	return cmp_rec(a, b, paths);
+}
+
+static int cmp_inode(const void *a, const void *b)
+{
+	const struct hrec *x = a, *y = b;
+
+	if (x->layer != y->layer)
+		return x->layer < y->layer ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+static bool is_shown(const struct hidden_set *h, const struct hrec *r)
+{
+	size_t lo = 0, hi = h->nshown;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int d = cmp_rec(r, &h->shown[mid], (const char *)h->paths.p);
+
+		if (!d)
+			return true;
+		if (d < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return false;
+}
+
+/* The totals of what the stack hides, the audit's way (fs/overlay/audit.c): an entry a
+ * redirect shows is not hidden, whatever its own path says; a hard-linked file's bytes
+ * count once, and not while one of its names is in the image (the walk's hard-link table
+ * holds every visible (layer, inode) with more than one link). */
+static void hidden_settle(struct wctx *c)
+{
+	struct hidden_set *h = c->hidden;
+	struct sqfs_squash_stats *st = c->st;
+	size_t nlinked = 0;
+
+	if (h->err)
+		goto out;                /* the image is fine; the count is unknown */
+	if (h->nshown)
+		qsort_r(h->shown, h->nshown, sizeof(*h->shown), cmp_shown, h->paths.p);
+	for (size_t i = 0; i < h->nhid; i++) {
+		const struct hrec *r = &h->hid[i];
+
+		if (h->nshown && is_shown(h, r))
+			continue;
+		if (S_ISDIR(r->mode))
+			st->hidden_dirs++;
+		else
+			st->hidden_files++;
+		if (!S_ISREG(r->mode))
+			continue;
+		if (r->nlink <= 1)
+			st->hidden_bytes += r->size;
+		else if (!hl_visible(c, r->layer, r->ino))
+			h->hid[nlinked++] = *r;          /* settled below, once per inode */
+	}
+	if (nlinked)
+		qsort(h->hid, nlinked, sizeof(*h->hid), cmp_inode);
+	for (size_t i = 0; i < nlinked; i++)
+		if (!i || cmp_inode(&h->hid[i - 1], &h->hid[i]))
+			st->hidden_bytes += h->hid[i].size;
+	st->hidden_known = true;
+out:
+	/* done with it: give the memory back before the tables are written */
+	hidden_set_free(h);
 }
 
 /* ---- the walk ------------------------------------------------------------------------- */
@@ -305,6 +403,8 @@ static int walk_dir(struct wctx *c, struct scan_pool *pool, struct wnode *dn, st
 
 	if (ret)
 		return ret;
+	if (hidden_set_move(c->hidden, &s->hs))
+		return wr_error(c, -ENOMEM, "out of memory");
 	dn->children = calloc(s->nkids + 1, sizeof(*dn->children));
 	subs = calloc(s->nkids + 1, sizeof(*subs));
 	if (!dn->children || !subs) {
@@ -326,7 +426,8 @@ static int walk_dir(struct wctx *c, struct scan_pool *pool, struct wnode *dn, st
 	for (size_t i = 0; i < s->nkids && !ret; i++) {
 		if (!S_ISDIR(dn->children[i]->mode))
 			continue;
-		subs[nsubs] = scan_new(s->kids[i]->srcs, s->kids[i]->nsrcs);
+		subs[nsubs] = scan_new(s->kids[i]->srcs, s->kids[i]->nsrcs, s->mpath,
+				       s->kids[i]->name);
 		if (!subs[nsubs++])
 			ret = wr_error(c, -ENOMEM, "out of memory");
 	}
@@ -356,7 +457,8 @@ int wr_flatten(struct wctx *c)
 	int ret = 0;
 
 	c->root = calloc(1, sizeof(*c->root));
-	if (!srcs || !pool || !c->root || !(c->root->name = strdup(""))) {
+	c->hidden = calloc(1, sizeof(*c->hidden));
+	if (!srcs || !pool || !c->root || !c->hidden || !(c->root->name = strdup(""))) {
 		ret = wr_error(c, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -382,13 +484,15 @@ int wr_flatten(struct wctx *c)
 	}
 	re.srcs = srcs;
 	ret = fill_node(c, c->root, &re);
-	root = scan_new(srcs, c->nlayers);
+	root = scan_new(srcs, c->nlayers, "", NULL);
 	if (!ret && !root)
 		ret = wr_error(c, -ENOMEM, "out of memory");
 	if (ret)
 		goto out;
 	scan_run(c, root);
 	ret = walk_dir(c, pool, c->root, root);
+	if (!ret)
+		hidden_settle(c);
 out:
 	scan_free(root);
 	scan_pool_free(pool);
@@ -403,6 +507,7 @@ static void free_node(struct wnode *n)
 		free_node(n->children[i]);
 	free(n->children);
 	free(n->name);
+	free(n->lpath);
 	free(n->symlink);
 	free(n->blocks);
 	free(n->pre);
@@ -420,6 +525,10 @@ void wr_free_tree(struct wctx *c)
 			free(e);
 		}
 	free(c->hl);
+	if (c->hidden)
+		hidden_set_free(c->hidden);
+	free(c->hidden);
+	c->hidden = NULL;
 	for (uint32_t i = 0; i < c->nxsets; i++) {
 		free(c->xsets[i]->blob);
 		free(c->xsets[i]);

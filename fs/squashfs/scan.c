@@ -153,6 +153,7 @@ static void fmap_free(struct fmap *m)
 		for (int k = 0; k < e->nsrcs; k++)
 			free(e->srcs[k].path);
 		free(e->srcs);
+		free(e->rpath);
 		free(e->name);
 		free(e->xblob);
 		free(e->symlink);
@@ -162,7 +163,8 @@ static void fmap_free(struct fmap *m)
 	free(m->b);
 }
 
-static int add_src(struct fent *e, struct layer *l, const char *path, uint64_t ref)
+static int add_src(struct fent *e, struct layer *l, const char *path, uint64_t ref,
+		   bool redir)
 {
 	struct dsrc *s = realloc(e->srcs, (e->nsrcs + 1) * sizeof(*s));
 
@@ -171,6 +173,7 @@ static int add_src(struct fent *e, struct layer *l, const char *path, uint64_t r
 	e->srcs = s;
 	s[e->nsrcs].l = l;
 	s[e->nsrcs].ref = ref;
+	s[e->nsrcs].redir = redir;
 	s[e->nsrcs].path = strdup(path);
 	if (!s[e->nsrcs].path)
 		return -ENOMEM;
@@ -339,50 +342,458 @@ nomem:
 	goto out;
 }
 
-/* ---- merging -------------------------------------------------------------------------- */
+/* ---- what the stack hides ----------------------------------------------------------- */
 
-/* Fold the entry `name` of one layer's copy of a directory into the map.  `path` is its
- * path in the layer, which is also its path in the merged tree. */
-static int merge_name(struct wctx *c, struct scan *s, const struct dsrc *d,
-		      const struct lnode *dir, const char *name, const char *path)
+static int hs_add(struct hidden_set *h, struct hrec **v, size_t *n, size_t *cap, int layer,
+		  const char *path, const struct stat *st)
 {
-	struct fmap *m = &s->m;
-	struct fent *e = fmap_get(m, name);
-	struct lnode child = { .path = path, .ref = 0 };
+	struct hrec *r;
+
+	if (*n == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		struct hrec *nv = realloc(*v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		*v = nv;
+		*cap = ncap;
+	}
+	r = &(*v)[*n];
+	memset(r, 0, sizeof(*r));
+	r->layer = layer;
+	if (st) {
+		r->mode = st->st_mode;
+		r->nlink = st->st_nlink;
+		r->ino = st->st_ino;
+		r->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
+	}
+	r->path = h->paths.len;
+	if (wbuf_put(&h->paths, path, strlen(path) + 1))
+		return -ENOMEM;
+	(*n)++;
+	return 0;
+}
+
+static int hs_hide(struct hidden_set *h, int layer, const char *path, const struct stat *st)
+{
+	return hs_add(h, &h->hid, &h->nhid, &h->caphid, layer, path, st);
+}
+
+/* An entry of a layer that a redirect shows (at another path than its own). */
+static int hs_show(struct hidden_set *h, int layer, const char *path)
+{
+	return hs_add(h, &h->shown, &h->nshown, &h->capshown, layer, path, NULL);
+}
+
+static int hs_append(struct hrec **dv, size_t *dn, size_t *dcap, const struct hrec *sv,
+		     size_t sn, size_t base)
+{
+	if (!sn)
+		return 0;
+	if (*dn + sn > *dcap) {
+		size_t cap = *dcap ? *dcap : 64;
+		struct hrec *v;
+
+		while (cap < *dn + sn)
+			cap *= 2;
+		v = realloc(*dv, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		*dv = v;
+		*dcap = cap;
+	}
+	for (size_t i = 0; i < sn; i++) {
+		(*dv)[*dn + i] = sv[i];
+		(*dv)[*dn + i].path += base;
+	}
+	*dn += sn;
+	return 0;
+}
+
+int hidden_set_move(struct hidden_set *dst, struct hidden_set *src)
+{
+	size_t base = dst->paths.len;
+	int ret = 0;
+
+	if (!dst->err)
+		dst->err = src->err;
+	if (!dst->err && src->paths.len) {
+		if (wbuf_put(&dst->paths, src->paths.p, src->paths.len) ||
+		    hs_append(&dst->hid, &dst->nhid, &dst->caphid, src->hid, src->nhid, base) ||
+		    hs_append(&dst->shown, &dst->nshown, &dst->capshown, src->shown, src->nshown,
+			      base))
+			ret = -ENOMEM;
+	}
+	hidden_set_free(src);
+	return ret;
+}
+
+void hidden_set_free(struct hidden_set *h)
+{
+	free(h->hid);
+	free(h->shown);
+	wbuf_free(&h->paths);
+	h->hid = h->shown = NULL;
+	h->nhid = h->caphid = h->nshown = h->capshown = 0;
+}
+
+/* (l, n) and everything below it are hidden. */
+static int hide_tree(struct layer *l, const struct lnode *n, const struct stat *st,
+		     struct hidden_set *h)
+{
+	struct names nl = { 0 };
+	int ret = hs_hide(h, l->index, n->path, st);
+
+	if (ret || !S_ISDIR(st->st_mode))
+		return ret;
+	ret = l->ops->readdir(l, n, collect_name, &nl);
+	if (nl.err)
+		ret = nl.err;
+	for (size_t i = 0; ret >= 0 && i < nl.n; i++) {
+		struct lnode child = { NULL, 0 };
+		struct stat cst;
+		char *path;
+
+		if (wh_is_reserved_name(nl.v[i]))
+			continue;        /* markers, not entries */
+		path = join(n->path, nl.v[i]);
+		if (!path) {
+			ret = -ENOMEM;
+			break;
+		}
+		child.path = path;
+		if (strlen(path) >= PATH_MAX)
+			ret = -ENAMETOOLONG;     /* also ends a directory loop in an image */
+		else
+			ret = l->ops->lookup(l, n, nl.v[i], &child, &cst);
+		if (!ret && !wh_is_chardev_whiteout(&cst))
+			ret = hide_tree(l, &child, &cst, h);
+		free(path);
+	}
+	names_free(&nl);
+	return ret < 0 ? ret : 0;
+}
+
+/* A lower entry (d, n) meets a name a higher layer decided: it is hidden, with all below
+ * it.  Through a redirect it is not at its own path, and the walk that reaches it there
+ * decides.  A hidden entry that cannot be read costs the totals, not the image. */
+static int hide(struct wctx *c, struct scan *s, const struct dsrc *d, const struct lnode *n,
+		const struct stat *st)
+{
+	int ret;
+
+	if (d->redir || s->hs.err || __atomic_load_n(&c->abort, __ATOMIC_RELAXED))
+		return 0;
+	ret = hide_tree(d->l, n, st, &s->hs);
+	if (ret == -ENOMEM)
+		return ret;
+	if (ret)
+		s->hs.err = ret;
+	return 0;
+}
+
+/* ---- redirects ------------------------------------------------------------------------- */
+
+/*
+ * A directory renamed by the kernel with redirect_dir carries overlay.redirect: where its
+ * lower content lives.  The rules are the kernel's (ovl_lookup, ovl_lookup_layer and
+ * ovl_check_redirect), the same as the union's (fs/overlay/ovl_lookup.c) and the audit's
+ * (fs/overlay/audit.c): the redirected directory does not merge with what lies at its own
+ * path below; every lower layer is looked up at the redirect instead.  An absolute value
+ * ("/a/b") is a path from each layer's root; a relative one ("b") a name in the parent
+ * directory's copy in that layer.  On the way a whiteout or a non-directory stops the
+ * lookup, an opaque directory stops it below this layer, and a redirect rewrites the path
+ * for the layers below (an absolute one also undoes an earlier stop).  Opaque wins over
+ * redirect.
+ */
+
+/* A value the kernel follows: "/a/b" without empty components, or one name. */
+static bool redirect_valid(const char *v)
+{
+	if (!v[0])
+		return false;
+	if (v[0] != '/')
+		return !strchr(v, '/');
+	for (const char *p = v; *p; ) {
+		const char *next = strchrnul(++p, '/');
+
+		if (next == p)
+			return false;
+		p = next;
+	}
+	return true;
+}
+
+/* Directory (d, n) merges into e.  Opaque or redirected, the merge at this path ends
+ * with it (the layers below a redirect are found by redirect_srcs()). */
+static int dir_src(struct fent *e, const struct dsrc *d, const struct lnode *n)
+{
+	char v[PATH_MAX];
+	bool opaque;
+
+	if (add_src(e, d->l, n->path, n->ref, d->redir))
+		return -ENOMEM;
+	wh_layer_dir_marks(d->l, n, &opaque, v, sizeof(v));
+	if (opaque) {
+		e->stop = true;
+	} else if (redirect_valid(v)) {
+		e->stop = true;
+		e->rlayer = d->l->index;
+		e->rpath = strdup(v);
+		if (!e->rpath)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Where the lookup below a redirect stands. */
+struct rwalk {
+	bool abs;                /* name is a path from the layer roots ("a/b") */
+	bool stop;
+	char *name;              /* else a name in the parent's directories */
+};
+
+/* A redirect `val` met on the component of w->name that has `pre` bytes before it and
+ * `post` (not inside w->name) after it. */
+static int rw_redirect(struct rwalk *w, const char *val, size_t pre, const char *post)
+{
+	char *n;
+	int ret;
+
+	if (val[0] == '/') {
+		ret = asprintf(&n, "%s%s", val + strspn(val, "/"), post);
+		w->abs = true;
+		w->stop = false;
+	} else {
+		ret = asprintf(&n, "%.*s%s%s", (int)pre, w->name, val, post);
+	}
+	if (ret < 0)
+		return -ENOMEM;
+	free(w->name);
+	w->name = n;
+	return 0;
+}
+
+/* One component below dir: 1 a directory (n->path allocated, n->ref set), 0 absent,
+ * -ENOENT when a whiteout or a non-directory stops the lookup, other negative on error. */
+static int rw_find(struct layer *l, const struct lnode *dir, const char *name,
+		   struct lnode *n)
+{
+	char wh[NAME_MAX + 1];
+	struct lnode w;
 	struct stat st;
 	int ret;
 
-	if (e && (e->state != FE_DIR || e->stop))
-		return 0;                /* decided by a higher layer */
-	if (!e && excluded(c->o, path, name))
-		/* hidden, so lower layers cannot bring it back */
-		return fmap_add(m, name, FE_HIDDEN) ? 0 : -ENOMEM;
+	n->path = join(dir->path, name);
+	if (!n->path)
+		return -ENOMEM;
+	ret = l->ops->lookup(l, dir, name, n, &st);
+	if (ret == 0)
+		return S_ISDIR(st.st_mode) ? 1 : -ENOENT;    /* whiteouts are not directories */
+	if (ret != -ENOENT && ret != -ENOTDIR && ret != -ENAMETOOLONG)
+		return ret;
+	if (snprintf(wh, sizeof(wh), WH_PREFIX "%s", name) < (int)sizeof(wh) &&
+	    l->ops->lookup(l, dir, wh, &w, &st) == 0)
+		return -ENOENT;
+	return 0;
+}
+
+/* Directory (l, n) is found for e below its redirect: it merges, and may stop the walk
+ * or redirect it again. */
+static int rw_found(struct scan *s, struct fent *e, struct rwalk *w, struct layer *l,
+		    const struct lnode *n, size_t pre, const char *post)
+{
+	char v[PATH_MAX];
+	bool opaque;
+
+	if (hs_show(&s->hs, l->index, n->path) || add_src(e, l, n->path, n->ref, true))
+		return -ENOMEM;
+	wh_layer_dir_marks(l, n, &opaque, v, sizeof(v));
+	if (opaque)
+		w->stop = true;
+	else if (redirect_valid(v))
+		return rw_redirect(w, v, pre, post);
+	return 0;
+}
+
+/* One layer, a name in the parent directory's copy in that layer (if it has one). */
+static int rw_rel(struct scan *s, struct fent *e, struct rwalk *w, struct layer *l)
+{
+	struct lnode n = { NULL, 0 };
+	int i, ret;
+
+	for (i = 0; i < s->nsrcs && s->srcs[i].l != l; i++)
+		;
+	if (i == s->nsrcs)
+		return 0;
+	ret = rw_find(l, &(struct lnode){ s->srcs[i].path, s->srcs[i].ref }, w->name, &n);
+	if (ret == 1)
+		ret = rw_found(s, e, w, l, &n, 0, "");
+	else if (ret == -ENOENT)
+		w->stop = true;
+	free((char *)n.path);
+	return ret == -ENOENT ? 0 : ret;
+}
+
+/* One layer, a path from its root; a redirect on the way rewrites w->name for the layers
+ * below (its suffix after the component stays, so positions count from the end). */
+static int rw_abs(struct scan *s, struct fent *e, struct rwalk *w, struct layer *l)
+{
+	char *orig = strdup(w->name), *dpath = NULL, comp[NAME_MAX + 1], v[PATH_MAX];
+	struct lnode dir = { "", 0 }, n = { NULL, 0 };
+	size_t off = 0;
+	bool opaque;
+	int ret = 0;
+
+	if (!orig)
+		return -ENOMEM;
+	for (;;) {
+		const char *p = orig + off;
+		size_t len = strcspn(p, "/"), pre = strlen(w->name) - strlen(p);
+
+		if (!len || len > NAME_MAX)
+			break;           /* no such name in any layer */
+		memcpy(comp, p, len);
+		comp[len] = 0;
+		ret = rw_find(l, &dir, comp, &n);
+		if (ret <= 0) {
+			if (ret == -ENOENT) {
+				w->stop = true;
+				ret = 0;
+			}
+			break;
+		}
+		ret = 0;
+		if (!p[len]) {
+			ret = rw_found(s, e, w, l, &n, pre, p + len);
+			break;
+		}
+		wh_layer_dir_marks(l, &n, &opaque, v, sizeof(v));
+		if (opaque)
+			w->stop = true;
+		else if (redirect_valid(v) && (ret = rw_redirect(w, v, pre, p + len)))
+			break;
+		free(dpath);
+		dpath = (char *)n.path;
+		dir.path = dpath;
+		dir.ref = n.ref;
+		n.path = NULL;
+		off += len + 1;
+	}
+	free((char *)n.path);
+	free(dpath);
+	free(orig);
+	return ret;
+}
+
+/* The layers below e's redirect: what they add to e's sources. */
+static int redirect_srcs(struct wctx *c, struct scan *s, struct fent *e)
+{
+	struct rwalk w = { .abs = e->rpath[0] == '/' };
+	int ret = 0;
+
+	w.name = strdup(e->rpath + strspn(e->rpath, "/"));
+	if (!w.name)
+		return -ENOMEM;
+	for (int i = e->rlayer + 1; !ret && !w.stop && i < c->nlayers; i++)
+		ret = w.abs ? rw_abs(s, e, &w, c->layers[i]) : rw_rel(s, e, &w, c->layers[i]);
+	free(w.name);
+	if (ret && ret != -ENOMEM)
+		sc_error(s, ret, "cannot follow the redirect of %s%s%s (to %s) from %s",
+			 s->mpath, *s->mpath ? "/" : "", e->name, e->rpath,
+			 c->layers[e->rlayer]->spec);
+	return ret;
+}
+
+/* ---- merging -------------------------------------------------------------------------- */
+
+static bool is_output(struct wctx *c, const struct dsrc *d, const struct stat *st)
+{
+	return d->l->root_fd >= 0 && c->skip_ino && st->st_ino == c->skip_ino &&
+	       st->st_dev == c->skip_dev;
+}
+
+/* The first (topmost) entry of a name. */
+static int first_name(struct wctx *c, struct scan *s, const struct dsrc *d,
+		      const struct lnode *n, const char *name, const struct stat *st)
+{
+	struct fent *e = fmap_add(&s->m, name, S_ISDIR(st->st_mode) ? FE_DIR : FE_FINAL);
+
+	if (!e)
+		return -ENOMEM;
+	e->st = *st;
+	e->top = d->l->index;
+	/* left out of the image, but to the merge the name is there */
+	e->excluded = is_output(c, d, st);
+	if (!e->excluded && c->o->nexcludes) {
+		char *mpath = join(s->mpath, name);
+
+		if (!mpath)
+			return -ENOMEM;
+		e->excluded = excluded(c->o, mpath, name);
+		free(mpath);
+	}
+	if (d->redir && hs_show(&s->hs, d->l->index, n->path))
+		return -ENOMEM;
+	if (e->state == FE_DIR)
+		return dir_src(e, d, n);
+	return add_src(e, d->l, n->path, n->ref, d->redir);
+}
+
+/* Fold the entry `name` of one layer's copy of a directory into the map.  `path` is its
+ * path in the layer. */
+static int merge_name(struct wctx *c, struct scan *s, const struct dsrc *d,
+		      const struct lnode *dir, const char *name, const char *path)
+{
+	struct fent *e = fmap_get(&s->m, name);
+	struct lnode child = { .path = path, .ref = 0 };
+	bool decided = e && (e->state != FE_DIR || e->stop);
+	struct stat st;
+	int ret;
+
+	if (decided && (s->hs.err || d->redir))
+		return 0;                /* it would only be counted as hidden */
 	ret = d->l->ops->lookup(d->l, dir, name, &child, &st);
+	if (ret < 0 && decided) {
+		s->hs.err = ret;
+		return 0;
+	}
 	if (ret < 0)
 		return sc_error(s, ret, "cannot stat %s/%s", d->l->spec, path);
-	if (d->l->root_fd >= 0 && c->skip_ino && st.st_ino == c->skip_ino &&
-	    st.st_dev == c->skip_dev)
-		/* the image being replaced lies inside a layer */
-		return e || fmap_add(m, name, FE_HIDDEN) ? 0 : -ENOMEM;
 	if (wh_is_chardev_whiteout(&st)) {
+		if (!e)
+			return fmap_add(&s->m, name, FE_HIDDEN) ? 0 : -ENOMEM;
+		e->stop = true;
+		return 0;
+	}
+	if (!e)
+		return first_name(c, s, d, &child, name, &st);
+	if (decided)
+		return hide(c, s, d, &child, &st);
+	if (!S_ISDIR(st.st_mode)) {
+		e->stop = true;          /* a lower non-directory ends the merge, hidden by it */
+		return hide(c, s, d, &child, &st);
+	}
+	if (d->redir && hs_show(&s->hs, d->l->index, path))
+		return -ENOMEM;
+	return dir_src(e, d, &child);
+}
+
+/* ".wh.NAME" files of one layer (names sorted): NAME is deleted below, unless the layer
+ * holds NAME itself (then the union finds NAME there and goes on below). */
+static int merge_whiteouts(struct scan *s, const struct names *nl)
+{
+	for (size_t i = 0; i < nl->n; i++) {
+		const char *hidden = wh_hidden_name(nl->v[i]);
+		struct fent *e;
+
+		if (!hidden || bsearch(&hidden, nl->v, nl->n, sizeof(*nl->v), cmp_str))
+			continue;
+		e = fmap_get(&s->m, hidden);
 		if (e)
 			e->stop = true;
-		else if (!fmap_add(m, name, FE_HIDDEN))
+		else if (!fmap_add(&s->m, hidden, FE_HIDDEN))
 			return -ENOMEM;
-	} else if (!e) {
-		e = fmap_add(m, name, S_ISDIR(st.st_mode) ? FE_DIR : FE_FINAL);
-		if (!e || add_src(e, d->l, path, child.ref))
-			return -ENOMEM;
-		e->st = st;
-		if (S_ISDIR(st.st_mode) && wh_layer_dir_is_opaque(d->l, &child))
-			e->stop = true;
-	} else if (S_ISDIR(st.st_mode)) {
-		if (add_src(e, d->l, path, child.ref))
-			return -ENOMEM;
-		if (wh_layer_dir_is_opaque(d->l, &child))
-			e->stop = true;
-	} else {
-		e->stop = true;          /* a lower non-directory ends the merge */
 	}
 	return 0;
 }
@@ -426,19 +837,8 @@ static int merge_layer(struct wctx *c, struct scan *s, const struct dsrc *d)
 		ret = path ? merge_name(c, s, d, &dir, name, path) : -ENOMEM;
 		free(path);
 	}
-	/* ".wh.NAME" hides NAME in the layers below this one. */
-	for (size_t i = 0; i < nl.n && !ret; i++) {
-		const char *hidden = wh_hidden_name(nl.v[i]);
-		struct fent *e;
-
-		if (!hidden || !*hidden)
-			continue;
-		e = fmap_get(&s->m, hidden);
-		if (e)
-			e->stop = true;
-		else if (!fmap_add(&s->m, hidden, FE_HIDDEN))
-			ret = -ENOMEM;
-	}
+	if (!ret)
+		ret = merge_whiteouts(s, &nl);
 out:
 	names_free(&nl);
 	return ret;
@@ -488,13 +888,19 @@ void scan_run(struct wctx *c, struct scan *s)
 	 * collecting there); the root, like the kernel's, merges every layer */
 	for (int i = 0; i < s->nsrcs && !ret; i++)
 		ret = merge_layer(c, s, &s->srcs[i]);
+	for (size_t i = 0; !ret && i < s->m.n; i++) {
+		struct fent *e = s->m.all[i];
+
+		if (e->state == FE_DIR && e->rpath && !e->excluded)
+			ret = redirect_srcs(c, s, e);
+	}
 	if (!ret) {
 		s->kids = malloc((s->m.n + 1) * sizeof(*s->kids));
 		if (!s->kids)
 			ret = -ENOMEM;
 	}
 	for (size_t i = 0; !ret && i < s->m.n; i++)
-		if (s->m.all[i]->state != FE_HIDDEN)
+		if (s->m.all[i]->state != FE_HIDDEN && !s->m.all[i]->excluded)
 			s->kids[s->nkids++] = s->m.all[i];
 	if (!ret && s->nkids)
 		qsort(s->kids, s->nkids, sizeof(*s->kids), cmp_fent);
@@ -506,13 +912,18 @@ void scan_run(struct wctx *c, struct scan *s)
 		s->ret = ret;
 }
 
-struct scan *scan_new(const struct dsrc *srcs, int nsrcs)
+struct scan *scan_new(const struct dsrc *srcs, int nsrcs, const char *dir, const char *name)
 {
 	struct scan *s = calloc(1, sizeof(*s));
 
-	if (s) {
-		s->srcs = srcs;
-		s->nsrcs = nsrcs;
+	if (!s)
+		return NULL;
+	s->srcs = srcs;
+	s->nsrcs = nsrcs;
+	s->mpath = name ? join(dir, name) : strdup("");
+	if (!s->mpath) {
+		free(s);
+		return NULL;
 	}
 	return s;
 }
@@ -521,6 +932,8 @@ void scan_free(struct scan *s)
 {
 	if (!s)
 		return;
+	free(s->mpath);
+	hidden_set_free(&s->hs);
 	fmap_free(&s->m);
 	free(s->kids);
 	free(s);

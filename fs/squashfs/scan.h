@@ -13,8 +13,11 @@
 /* One layer's copy of a directory taking part in a merge. */
 struct dsrc {
 	struct layer *l;
-	char *path;
+	char *path;              /* in that layer: the merged path, unless redirected */
 	uint64_t ref;
+	bool redir;              /* reached through a redirect: it shows entries, and hides
+				  * none (those are counted where the walk meets them at their
+				  * own path) */
 };
 
 enum { FE_HIDDEN, FE_FINAL, FE_DIR };
@@ -23,10 +26,14 @@ enum { FE_HIDDEN, FE_FINAL, FE_DIR };
 struct fent {
 	char *name;
 	int state;
-	bool stop;               /* FE_DIR: lower layers no longer merge */
+	bool stop;               /* FE_DIR: lower layers no longer merge at this path */
+	bool excluded;           /* visible in the merge, left out of the image */
+	int top;                 /* layer index of the visible entry */
 	struct stat st;          /* from the topmost layer that holds the name */
 	struct dsrc *srcs;       /* FE_FINAL: srcs[0]; FE_DIR: every merged layer */
 	int nsrcs;
+	char *rpath;             /* FE_DIR redirected in layer rlayer: the redirect's value */
+	int rlayer;
 	struct fent *next;
 	/* read for the visible entries: xattrs as a blob (see struct wx_set), link target */
 	unsigned char *xblob;
@@ -42,11 +49,36 @@ struct fmap {
 	size_t cap;
 };
 
+/* Entries of layers (index, path in the layer) that the stack hides, and those that a
+ * redirect shows (an entry hidden at its own path can be visible elsewhere through a
+ * redirect).  Each scan fills one for its directory (and the hidden subtrees below it);
+ * the walk gathers them into one and settles the totals at the end. */
+struct hrec {
+	int layer;
+	mode_t mode;
+	nlink_t nlink;
+	ino_t ino;
+	uint64_t size;
+	size_t path;             /* offset in the set's path bytes */
+};
+
+struct hidden_set {
+	struct hrec *hid;
+	size_t nhid, caphid;
+	struct hrec *shown;      /* only layer and path are set */
+	size_t nshown, capshown;
+	struct wbuf paths;       /* NUL-terminated paths */
+	int err;                 /* a hidden entry could not be read: the totals are unknown */
+};
+
 enum { SCAN_NEW, SCAN_QUEUED, SCAN_RUNNING, SCAN_DONE };
 
 struct scan {
 	const struct dsrc *srcs; /* the directory's layers (owned by the parent's scan) */
 	int nsrcs;
+	char *mpath;             /* the directory's path in the image */
+	struct hidden_set hs;    /* what the merge hides (with the subtrees) and shows
+				  * through redirects */
 	struct fmap m;
 	struct fent **kids;      /* the visible entries, sorted by name */
 	size_t nkids;
@@ -64,7 +96,9 @@ struct scan_pool;
 struct scan_pool *scan_pool_new(struct wctx *c, int nthreads);
 void scan_pool_free(struct scan_pool *p);
 
-struct scan *scan_new(const struct dsrc *srcs, int nsrcs);
+/* A scan of the image directory dir/name (the root when name is NULL) made of srcs
+ * (borrowed). */
+struct scan *scan_new(const struct dsrc *srcs, int nsrcs, const char *dir, const char *name);
 void scan_free(struct scan *s);
 /* Do the work now, in this thread. */
 void scan_run(struct wctx *c, struct scan *s);
@@ -74,6 +108,10 @@ void scan_submit(struct scan_pool *p, struct scan **v, size_t n);
 void scan_wait(struct scan_pool *p, struct scan *s);
 /* Take s back from the queue, or wait for the thread running it. */
 void scan_cancel(struct scan_pool *p, struct scan *s);
+
+/* Append src's records to dst (dst keeps the first error); src is freed. */
+int hidden_set_move(struct hidden_set *dst, struct hidden_set *src);
+void hidden_set_free(struct hidden_set *h);
 
 /* The storable, non-private xattrs of (l, n), sorted by name, as a blob of
  * { u16 name_len, name, u32 value_len, value } (NULL when none); message in err. */

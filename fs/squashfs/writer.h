@@ -27,6 +27,16 @@ struct sqfs_squash_stats {
 	uint64_t dirs, symlinks, specials;
 	uint64_t hardlinks;      /* names that share an earlier name's inode */
 	uint64_t total_bytes;    /* bytes of regular file data to read */
+	/* what the stack hides and the image leaves out, as `mkimage audit` counts it
+	 * (fs/overlay/audit.h): entries of lower layers deleted by a whiteout, under an
+	 * opaque directory or replaced by a higher entry; bytes of regular files, a hard-linked
+	 * file once and not while another link shows.  Entries below --exclude'd directories
+	 * are not walked, so not counted.  hidden_known is false when a hidden entry could
+	 * not be read (the image is still complete; only the count is not). */
+	bool hidden_known;
+	uint64_t hidden_files;   /* hidden entries that are not directories */
+	uint64_t hidden_dirs;
+	uint64_t hidden_bytes;
 	/* running, then final */
 	int walking;             /* 1 while the walk is still finding files (read atomically) */
 	uint64_t files_done;

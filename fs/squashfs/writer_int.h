@@ -44,10 +44,12 @@ struct wnode {
 	char *symlink;
 	struct wx_set *xattrs;
 
-	/* where the data comes from (regular files): the layer, at the node's own path
-	 * (see wnode_path(); not stored, it is the same in every layer) */
+	/* where the data comes from (regular files): the layer, and the path there, which is
+	 * the node's own path unless the file is seen through a redirected directory: then
+	 * lpath holds it (see wnode_path()) */
 	struct layer *layer;
 	uint64_t ref;
+	char *lpath;
 
 	/* data results (regular files) */
 	uint64_t blocks_start;
@@ -72,7 +74,8 @@ static inline struct wnode *wnode_owner(struct wnode *n)
 	return n->link ? n->link : n;
 }
 
-/* The node's path from the root ("a/b/c"), which is also its path inside its layer.
+/* The node's path inside its layer ("a/b/c"): its path from the root of the image, or
+ * for a file under a redirected directory its lpath.
  * -ENAMETOOLONG if it does not fit (the walk refuses such paths). */
 int wnode_path(const struct wnode *n, char *buf, size_t size);
 
@@ -128,6 +131,8 @@ struct wctx {
 	/* hard links: (layer index, st_ino) -> owner */
 	struct hl_ent **hl;
 	size_t hl_buckets, hl_count;
+	/* what the stack hides, gathered from the scans by the walk (scan.h) */
+	struct hidden_set *hidden;
 
 	struct wx_set **xset_hash;
 	size_t xset_buckets;

@@ -1013,3 +1013,20 @@ def test_random_redirect_stacks_match_kernel_overlay(tdir, seed):
         assert not d, f"seed {seed}: trees differ:\n{d}"
     t = audit_totals(lowers)
     assert summary_hidden(p) == (human(t["dead_bytes"]), t["hidden_files"]), f"seed {seed}"
+
+
+def test_unreadable_hidden_dir_leaves_the_count_out_not_the_image(tdir):
+    """A hidden directory the user cannot read: the image is complete (nothing in it
+    comes from there), and the summary says nothing about hidden bytes it cannot know."""
+    lowers = stack(tdir, [
+        [E("locked", "w"), E("shown", "f", data=b"top")],
+        [E("locked/secret", "f", data=b"s" * 100), E("lower", "f", data=b"low")],
+    ], True, "k")
+    os.chmod(lowers[1] / "locked", 0o000)
+    outdir = tdir / "o"
+    outdir.mkdir()
+    os.chmod(outdir, 0o777)
+    p = run_as_nobody(["squash", "-o", outdir / "out.sqfs", *lowers])
+    assert "hidden left out" not in p.stdout and "2 files" in p.stdout, p.stdout
+    with kmount(outdir / "out.sqfs", tdir / "mnt") as m:
+        assert sorted(os.listdir(m)) == ["lower", "shown"]

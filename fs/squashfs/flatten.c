@@ -7,7 +7,9 @@
  * because what it hands out depends on that order: hard-link owners, xattr ids, the order
  * files are given to the data side (writer_data.c), and so the image bytes.
  *
- * Only metadata is kept; file data is streamed later from (layer, path).
+ * Only metadata is kept; file data is streamed later from (layer, path).  What the scans
+ * found hidden is gathered as the walk takes each scan, and settled into the totals at the
+ * end (hidden_settle()).
  */
 #include <errno.h>
 #include <limits.h>
@@ -374,6 +376,133 @@ out:
 	hidden_set_free(h);
 }
 
+/* The entries below hidden directories are read by a thread of their own, so the walk
+ * (which the data side waits on) never waits for a deleted tree to be listed. */
+struct hid_item {
+	struct layer *l;
+	char *path;
+	uint64_t ref;
+};
+
+struct hid_walker {
+	struct wctx *c;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct hid_item *v;
+	size_t n, cap, next;
+	bool closed, cancel, started;
+	struct hidden_set out;   /* the thread's own until it is joined */
+	pthread_t t;
+};
+
+static void hid_expand(struct hid_walker *w, struct hid_item *it)
+{
+	struct lnode dir = { it->path, it->ref };
+	int ret = 0;
+
+	if (!w->out.err && !__atomic_load_n(&w->c->abort, __ATOMIC_RELAXED))
+		ret = scan_hide_below(it->l, &dir, &w->out);
+	if (ret)
+		w->out.err = ret;
+	free(it->path);
+	it->path = NULL;
+}
+
+static void *hid_main(void *arg)
+{
+	struct hid_walker *w = arg;
+	struct hid_item it;
+
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		while (w->next == w->n && !w->closed)
+			pthread_cond_wait(&w->cv, &w->mu);
+		if (w->next == w->n || w->cancel)
+			break;
+		it = w->v[w->next];
+		w->v[w->next++].path = NULL;
+		pthread_mutex_unlock(&w->mu);
+		hid_expand(w, &it);
+		pthread_mutex_lock(&w->mu);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+static void hid_start(struct hid_walker *w, struct wctx *c)
+{
+	memset(w, 0, sizeof(*w));
+	w->c = c;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	/* without the thread, hid_finish() does the work */
+	w->started = !pthread_create(&w->t, NULL, hid_main, w);
+}
+
+/* Queue the hidden directories a scan found. */
+static int hid_push(struct hid_walker *w, const struct hidden_set *h)
+{
+	int ret = 0;
+
+	if (!h->nexp)
+		return 0;
+	pthread_mutex_lock(&w->mu);
+	for (size_t i = 0; i < h->nexp && !ret; i++) {
+		struct hid_item *it;
+
+		if (w->n == w->cap) {
+			size_t cap = w->cap ? w->cap * 2 : 64;
+			struct hid_item *v = realloc(w->v, cap * sizeof(*v));
+
+			if (!v) {
+				ret = -ENOMEM;
+				break;
+			}
+			w->v = v;
+			w->cap = cap;
+		}
+		it = &w->v[w->n];
+		it->l = h->exp[i].l;
+		it->ref = h->exp[i].ref;
+		it->path = strdup((const char *)h->paths.p + h->exp[i].path);
+		if (!it->path)
+			ret = -ENOMEM;
+		else
+			w->n++;
+	}
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	return ret;
+}
+
+/* Wait for the thread (or do its work), and add what it found to c->hidden; after a
+ * failed walk (cancel) only clean up. */
+static int hid_finish(struct hid_walker *w, bool cancel)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&w->mu);
+	w->closed = true;
+	w->cancel = cancel;
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+	if (w->started)
+		pthread_join(w->t, NULL);
+	for (; w->next < w->n; w->next++) {
+		if (cancel)
+			free(w->v[w->next].path);
+		else
+			hid_expand(w, &w->v[w->next]);
+	}
+	free(w->v);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	if (!cancel)
+		ret = hidden_set_move(w->c->hidden, &w->out);
+	hidden_set_free(&w->out);
+	return ret ? wr_error(w->c, ret, "out of memory") : 0;
+}
+
 /* ---- the walk ------------------------------------------------------------------------- */
 
 static int scan_result(struct wctx *c, struct scan *s)
@@ -395,7 +524,8 @@ static void drop_scans(struct scan_pool *pool, struct scan **v, size_t from, siz
 
 /* Build dn's children from its finished scan, then walk the subdirectories in order;
  * their scans are queued at once so the pool works ahead. */
-static int walk_dir(struct wctx *c, struct scan_pool *pool, struct wnode *dn, struct scan *s)
+static int walk_dir(struct wctx *c, struct scan_pool *pool, struct hid_walker *hw,
+		    struct wnode *dn, struct scan *s)
 {
 	struct scan **subs = NULL;
 	size_t nsubs = 0, k = 0;
@@ -403,7 +533,7 @@ static int walk_dir(struct wctx *c, struct scan_pool *pool, struct wnode *dn, st
 
 	if (ret)
 		return ret;
-	if (hidden_set_move(c->hidden, &s->hs))
+	if (hid_push(hw, &s->hs) || hidden_set_move(c->hidden, &s->hs))
 		return wr_error(c, -ENOMEM, "out of memory");
 	dn->children = calloc(s->nkids + 1, sizeof(*dn->children));
 	subs = calloc(s->nkids + 1, sizeof(*subs));
@@ -438,7 +568,7 @@ static int walk_dir(struct wctx *c, struct scan_pool *pool, struct wnode *dn, st
 		if (!S_ISDIR(dn->children[i]->mode))
 			continue;
 		scan_wait(pool, subs[k]);
-		ret = walk_dir(c, pool, dn->children[i], subs[k]);
+		ret = walk_dir(c, pool, hw, dn->children[i], subs[k]);
 		scan_free(subs[k++]);
 	}
 out:
@@ -453,6 +583,7 @@ int wr_flatten(struct wctx *c)
 	struct dsrc *srcs = calloc(c->nlayers, sizeof(*srcs));
 	struct scan_pool *pool = scan_pool_new(c, SCAN_THREADS);
 	struct scan *root = NULL;
+	struct hid_walker hw;
 	struct fent re = { 0 };
 	int ret = 0;
 
@@ -490,7 +621,10 @@ int wr_flatten(struct wctx *c)
 	if (ret)
 		goto out;
 	scan_run(c, root);
-	ret = walk_dir(c, pool, c->root, root);
+	hid_start(&hw, c);
+	ret = walk_dir(c, pool, &hw, c->root, root);
+	if (hid_finish(&hw, ret != 0) && !ret)
+		ret = -ENOMEM;
 	if (!ret)
 		hidden_settle(c);
 out:

@@ -7,10 +7,18 @@
  *    below, a directory merges with directories of the same name below it until a layer
  *    where that directory is opaque, or a lower layer holding a whiteout or a non-directory;
  *  - whiteouts (char 0/0, ".wh.NAME") hide the name in lower layers and never show;
+ *  - a redirected directory (overlay.redirect, from a rename with redirect_dir) does not
+ *    merge with what lies at its own path below; its lower layers are looked up at the
+ *    redirect's path instead (see "redirects" below);
  *  - ".wh."-prefixed names and overlay-private xattrs never reach the image.
  *
  * then read the xattrs and link targets of what is visible.  All whiteout conventions come
- * from fs/overlay/whiteout.h so this agrees with the union.
+ * from fs/overlay/whiteout.h, and the rules are the union's and the audit's
+ * (fs/overlay/audit.c), so the image, the mount and the audit agree.
+ *
+ * On the way a scan records what its merge hides (a lower entry that meets a name a higher
+ * layer decided, with everything below it) and what a redirect shows, so that the walk can
+ * report the hidden bytes the way `mkimage audit` counts them without walking twice.
  *
  * A scan touches nothing shared but the (thread-safe) layers, so a small pool of threads
  * runs scans ahead of the walk.  The pool's queue is a stack: the walk goes depth first and
@@ -415,8 +423,10 @@ int hidden_set_move(struct hidden_set *dst, struct hidden_set *src)
 	size_t base = dst->paths.len;
 	int ret = 0;
 
-	if (!dst->err)
+	if (!dst->err && src->err) {
+		hidden_set_free(dst);    /* no total to settle: keep no records */
 		dst->err = src->err;
+	}
 	if (!dst->err && src->paths.len) {
 		if (wbuf_put(&dst->paths, src->paths.p, src->paths.len) ||
 		    hs_append(&dst->hid, &dst->nhid, &dst->caphid, src->hid, src->nhid, base) ||
@@ -432,21 +442,27 @@ void hidden_set_free(struct hidden_set *h)
 {
 	free(h->hid);
 	free(h->shown);
+	free(h->exp);
 	wbuf_free(&h->paths);
 	h->hid = h->shown = NULL;
-	h->nhid = h->caphid = h->nshown = h->capshown = 0;
+	h->exp = NULL;
+	h->nhid = h->caphid = h->nshown = h->capshown = h->nexp = h->capexp = 0;
 }
 
 /* (l, n) and everything below it are hidden. */
 static int hide_tree(struct layer *l, const struct lnode *n, const struct stat *st,
 		     struct hidden_set *h)
 {
-	struct names nl = { 0 };
 	int ret = hs_hide(h, l->index, n->path, st);
 
-	if (ret || !S_ISDIR(st->st_mode))
-		return ret;
-	ret = l->ops->readdir(l, n, collect_name, &nl);
+	return ret || !S_ISDIR(st->st_mode) ? ret : scan_hide_below(l, n, h);
+}
+
+int scan_hide_below(struct layer *l, const struct lnode *dir, struct hidden_set *h)
+{
+	struct names nl = { 0 };
+	int ret = l->ops->readdir(l, dir, collect_name, &nl);
+
 	if (nl.err)
 		ret = nl.err;
 	for (size_t i = 0; ret >= 0 && i < nl.n; i++) {
@@ -456,7 +472,7 @@ static int hide_tree(struct layer *l, const struct lnode *n, const struct stat *
 
 		if (wh_is_reserved_name(nl.v[i]))
 			continue;        /* markers, not entries */
-		path = join(n->path, nl.v[i]);
+		path = join(dir->path, nl.v[i]);
 		if (!path) {
 			ret = -ENOMEM;
 			break;
@@ -465,7 +481,7 @@ static int hide_tree(struct layer *l, const struct lnode *n, const struct stat *
 		if (strlen(path) >= PATH_MAX)
 			ret = -ENAMETOOLONG;     /* also ends a directory loop in an image */
 		else
-			ret = l->ops->lookup(l, n, nl.v[i], &child, &cst);
+			ret = l->ops->lookup(l, dir, nl.v[i], &child, &cst);
 		if (!ret && !wh_is_chardev_whiteout(&cst))
 			ret = hide_tree(l, &child, &cst, h);
 		free(path);
@@ -476,19 +492,32 @@ static int hide_tree(struct layer *l, const struct lnode *n, const struct stat *
 
 /* A lower entry (d, n) meets a name a higher layer decided: it is hidden, with all below
  * it.  Through a redirect it is not at its own path, and the walk that reaches it there
- * decides.  A hidden entry that cannot be read costs the totals, not the image. */
+ * decides.  The entries below a hidden directory are left to the walk's helper thread
+ * (the walk need not wait for them).  A hidden entry that cannot be read costs the totals,
+ * not the image. */
 static int hide(struct wctx *c, struct scan *s, const struct dsrc *d, const struct lnode *n,
 		const struct stat *st)
 {
-	int ret;
+	struct hidden_set *h = &s->hs;
 
-	if (d->redir || s->hs.err || __atomic_load_n(&c->abort, __ATOMIC_RELAXED))
+	if (d->redir || h->err || __atomic_load_n(&c->abort, __ATOMIC_RELAXED))
 		return 0;
-	ret = hide_tree(d->l, n, st, &s->hs);
-	if (ret == -ENOMEM)
-		return ret;
-	if (ret)
-		s->hs.err = ret;
+	if (hs_hide(h, d->l->index, n->path, st))
+		return -ENOMEM;
+	if (!S_ISDIR(st->st_mode))
+		return 0;
+	if (h->nexp == h->capexp) {
+		size_t cap = h->capexp ? h->capexp * 2 : 16;
+		struct hexp *v = realloc(h->exp, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		h->exp = v;
+		h->capexp = cap;
+	}
+	h->exp[h->nexp].l = d->l;
+	h->exp[h->nexp].ref = n->ref;
+	h->exp[h->nexp++].path = h->hid[h->nhid - 1].path;
 	return 0;
 }
 

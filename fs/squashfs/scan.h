@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Private to the writer: scanning one merged directory of a layer stack (readdir, lookup,
- * whiteouts, opaque markers, xattrs, symlink targets) - all the I/O of the walk - so that
+ * whiteouts, opaque markers, redirects, xattrs, symlink targets, and the hidden entries
+ * below it for the summary) - all the I/O of the walk - so that
  * a few threads can scan directories ahead of the walk, which stays in one thread and in
  * name order (hard links, xattr ids, inode numbers and file order depend on that order).
  */
@@ -62,11 +63,20 @@ struct hrec {
 	size_t path;             /* offset in the set's path bytes */
 };
 
+/* A hidden directory whose entries are still to be recorded (scan_hide_below()). */
+struct hexp {
+	struct layer *l;
+	size_t path;             /* offset in the set's path bytes */
+	uint64_t ref;
+};
+
 struct hidden_set {
 	struct hrec *hid;
 	size_t nhid, caphid;
 	struct hrec *shown;      /* only layer and path are set */
 	size_t nshown, capshown;
+	struct hexp *exp;        /* left for the caller; hidden_set_move() drops them */
+	size_t nexp, capexp;
 	struct wbuf paths;       /* NUL-terminated paths */
 	int err;                 /* a hidden entry could not be read: the totals are unknown */
 };
@@ -109,6 +119,8 @@ void scan_wait(struct scan_pool *p, struct scan *s);
 /* Take s back from the queue, or wait for the thread running it. */
 void scan_cancel(struct scan_pool *p, struct scan *s);
 
+/* Record everything below the hidden directory (l, dir) into h (not dir itself). */
+int scan_hide_below(struct layer *l, const struct lnode *dir, struct hidden_set *h);
 /* Append src's records to dst (dst keeps the first error); src is freed. */
 int hidden_set_move(struct hidden_set *dst, struct hidden_set *src);
 void hidden_set_free(struct hidden_set *h);

@@ -829,7 +829,8 @@ def kernel_renamed_stack(tdir):
          E("p/q/r", "f", data=b"r" * 3000), E("p/q/s/t", "f", data=b"t"),
          E("m/n/o", "f", data=b"o"), E("keep/k", "f", data=b"k", mode=0o600),
          E("twice/t", "f", data=b"t2"), E("hl/one", "f", data=b"linked"),
-         E("hl/two", "h", target="hl/one")],
+         E("hl/two", "h", target="hl/one"), E("a/h1", "f", data=b"linked in a"),
+         E("a/h2", "h", target="a/h1"), E("keep/kl", "h", target="a/h1")],
         [E("a/y", "f", data=b"y at the bottom"), E("a/x", "f", data=b"x hidden below"),
          E("far/away/f", "f", data=b"far"), E("p/q/u", "f", data=b"u"),
          E("m/n/o2", "f", data=b"o2"), E("twice/deeper/z", "f", data=b"z")],
@@ -867,6 +868,8 @@ def test_kernel_renamed_dirs_match_kernel_overlay(tdir):
         assert (m / "moved_q/r").read_bytes() == b"r" * 3000
         assert (m / "m_renamed/n2/o2").read_bytes() == b"o2"
         assert not (m / "b/x").exists() and not (m / "p/q").exists()
+        # one inode, whether its names are under renamed directories or not
+        assert len({os.lstat(m / n).st_ino for n in ("b/h1", "b/h2", "hl/keep/kl")}) == 1
     assert_hidden_like_audit(p, layers)
 
 

@@ -958,6 +958,8 @@ def test_every_form_hidden_count_equals_audit(tdir):
                    "-no-progress", "-xattrs"])
     p = squash(tdir / "from_imgs.sqfs", *imgs)
     assert summary_hidden(p) == (f"{t['dead_bytes']} B", t["hidden_files"])
+    with kmount(img, tdir / "m1") as a, kmount(tdir / "from_imgs.sqfs", tdir / "m2") as b:
+        assert_same(view(a), view(b), ("dir layers", "image layers"))
 
 
 def test_hidden_count_skips_nothing_it_should_count(tdir):

@@ -700,6 +700,18 @@ def test_rename_merged_dir_direct(tdir):
     run_diff(tdir, rich_stack(), ops, check_upper=False)
 
 
+@fo_differs("returns EXDEV for directories with lower content (no redirect_dir)")
+def test_exchange_merged_dirs(tdir):
+    """renameat2(RENAME_EXCHANGE) of directories with lower content (the kernel does it
+    with redirects)."""
+    def ops(L):
+        L.do("exchange dirs", renameat2, L.p("nested"), L.p("many"), 2)
+        L.do("ls exchanged", ls, L.p("nested"))
+        L.do("exchange dir and file", renameat2, L.p("many"), L.p("c.txt"), 2)
+        L.do("ls c.txt", ls, L.p("c.txt"))
+    run_diff(tdir, rich_stack(), ops, check_upper=False)
+
+
 # ---------------------------------------------------------------------------------------
 # readdir, inode numbers
 
@@ -1139,13 +1151,19 @@ def gen_op(rng, root):
     op = rng.choice(["create", "write", "write", "append", "truncate", "unlink", "mkdir",
                      "rmdir", "rename", "rename", "symlink", "link", "chmod", "chown",
                      "setxattr", "removexattr", "utime", "read", "readdir", "mkfifo",
-                     "rmtree"])
+                     "rmtree", "exchange", "noreplace", "copy_range", "fallocate", "otrunc"])
     data = rng.randbytes(rng.choice([0, 1, 100, 5000, 70000]))
     if op in ("create", "mkdir", "symlink", "mkfifo"):
         return (op, new(), data.hex()[:200], rng.choice([0o600, 0o644, 0o755, 0o2755]))
-    if op in ("rename", "link"):
+    if op == "exchange":
+        # (directories with lower content may answer EXDEV, like rename; only files here)
+        files = [e for e in existing if not os.path.isdir(os.path.join(root, e))]
+        if len(files) < 2:
+            return ("read", any_(), "", 0)
+        return (op, rng.choice(files), rng.choice(files), 0)
+    if op in ("rename", "link", "noreplace", "copy_range"):
         return (op, any_(), new() if rng.random() < 0.6 else any_(), 0)
-    if op in ("write", "truncate"):
+    if op in ("write", "truncate", "fallocate"):
         return (op, any_(), data.hex(), rng.randrange(0, 100000))
     if op in ("chmod", "chown", "utime"):
         return (op, any_(), "", rng.choice([0o600, 0o644, 0o700, 0o1777, 1000, 1001]))
@@ -1155,7 +1173,21 @@ def gen_op(rng, root):
 NB = os.O_NONBLOCK    # a fifo opened for writing must not block the test
 
 
+class ShortLog:
+    """Log whose labels are the op without its (long) data."""
+
+    def __init__(self, log, op):
+        self.log, self.label = log, (op[0], op[1], op[2][:16], op[3])
+
+    def do(self, _label, fn, *a, **kw):
+        return self.log.do(self.label, fn, *a, **kw)
+
+    def p(self, rel):
+        return self.log.p(rel)
+
+
 def apply_op(L, op):
+    L = ShortLog(L, op)
     kind, a, b, n = op
     pa = L.p(a)
     if kind == "create":
@@ -1200,6 +1232,21 @@ def apply_op(L, op):
         return L.do(op, ls, pa)
     if kind == "mkfifo":
         return L.do(op, os.mkfifo, pa, n & 0o777)
+    if kind == "exchange":
+        return L.do(op, renameat2, pa, L.p(b), 2)
+    if kind == "noreplace":
+        return L.do(op, renameat2, pa, L.p(b), 1)
+    if kind == "copy_range":
+        def copy_range():
+            return with_fd(pa, os.O_RDONLY | NB, lambda src: with_fd(
+                L.p(b), os.O_WRONLY | NB,
+                lambda dst: os.copy_file_range(src, dst, 100000, 0, 10)))
+        return L.do(op, copy_range)
+    if kind == "fallocate":
+        return L.do(op, with_fd, pa, os.O_WRONLY | NB,
+                    lambda fd: os.posix_fallocate(fd, n % 5000, 8192))
+    if kind == "otrunc":
+        return L.do(op, with_fd, pa, os.O_WRONLY | os.O_TRUNC | NB, lambda fd: "ok")
     raise ValueError(kind)
 
 
@@ -1269,6 +1316,7 @@ def test_random_ops(tdir, n):
             n = shortest_failing_prefix(tdir, ops_list)
             ops_list[:] = ops_list[:n]
             e = f"shortest failing prefix: {n} ops (the last one is the culprit)\n{e}"
-        listing = "\n".join(f"  {i}: {op}" for i, op in enumerate(ops_list))
+        listing = "\n".join(f"  {i}: {op[0]} {op[1]} {op[2][:40]} {op[3]}"
+                            for i, op in enumerate(ops_list))
         pytest.fail(f"STRATA_SEED={seed} ({count} ops)\n{e}\n\nops:\n{listing}",
                     pytrace=False)

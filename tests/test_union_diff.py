@@ -21,6 +21,7 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -1056,6 +1057,8 @@ R("list private", os.listdir, P("private"))
 R("write own (copy-up)", write, P("u1000/mine"), b"mine2", os.O_WRONLY|os.O_APPEND)
 R("create in own dir", write, P("u1000/new"), b"n")
 R("mkdir in own dir", os.mkdir, P("u1000/newdir"))
+R("create 2", write, P("u1000/new2"), b"2")
+R("rename over own lower file in a lower dir", os.rename, P("u1000/new2"), P("u1000/sub/deeper"))
 R("create in root dir", write, P("nope"), b"n")
 R("write root file", write, P("c.txt"), b"x", os.O_WRONLY)
 R("write ro file", write, P("ro.txt"), b"x", os.O_WRONLY)
@@ -1171,6 +1174,7 @@ def gen_op(rng, root):
 
 
 NB = os.O_NONBLOCK    # a fifo opened for writing must not block the test
+PATH_B = {"rename", "link", "noreplace", "copy_range", "exchange"}   # ops whose b is a path
 
 
 class ShortLog:
@@ -1320,3 +1324,61 @@ def test_random_ops(tdir, n):
                             for i, op in enumerate(ops_list))
         pytest.fail(f"STRATA_SEED={seed} ({count} ops)\n{e}\n\nops:\n{listing}",
                     pytrace=False)
+
+
+RANDOM_AS_USER = r"""
+import json, os, random, sys
+sys.path.insert(0, sys.argv[1])
+import test_union_diff as T, union
+root, seed, count, opsfile = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+L = union.Log(root)
+if os.path.getsize(opsfile) == 0:
+    rng = random.Random(seed)
+    ops = []
+    for _ in range(count):
+        if rng.random() < 0.7:      # mostly in the user's own (lower) subtree
+            op = T.gen_op(rng, os.path.join(root, "u1000"))
+            b = "u1000/" + op[2] if op[0] in T.PATH_B else op[2]
+            op = (op[0], "u1000/" + op[1], b, op[3])
+        else:
+            op = T.gen_op(rng, root)
+        ops.append(op)
+        T.apply_op(L, op)
+else:
+    with open(opsfile) as f:
+        ops = [tuple(o) for o in json.load(f)]
+    for op in ops:
+        T.apply_op(L, op)
+print(json.dumps({"ops": ops, "log": L.items}, default=repr))
+"""
+
+
+@fo_differs("devices/fifos copied up as files, setgid dropped (see other cases)")
+@pytest.mark.parametrize("n", range(int(os.environ.get("STRATA_RANDOM_USER_RUNS", "2"))))
+def test_random_ops_unprivileged(tdir, n):
+    """Seeded random operations by uid 1000 (most of the tree is root's: permission checks
+    on every kind of operation, copy-up by a user, sticky and setgid dirs)."""
+    seed = int(os.environ["STRATA_SEED"]) if "STRATA_SEED" in os.environ \
+        else random.SystemRandom().randrange(1 << 32)
+    count = int(os.environ.get("STRATA_RANDOM_OPS", "300"))
+    print(f"random-op seed: {seed} (replay: STRATA_SEED={seed} pytest -k "
+          f"test_random_ops_unprivileged)")
+    opsfile = tdir / "ops.json"
+    opsfile.write_text("")
+    os.chmod(tdir, 0o755)
+
+    def ops(L):
+        p = subprocess.run([union.PYTHON, "-c", RANDOM_AS_USER, str(Path(__file__).parent),
+                            L.root, str(seed), str(count), str(opsfile)],
+                           preexec_fn=lambda: (os.setgroups([]), os.setgid(1000),
+                                               os.setuid(1000)),
+                           capture_output=True, text=True, timeout=120, cwd="/")
+        assert p.returncode == 0, p.stderr[-3000:]
+        out = json.loads(p.stdout)
+        if opsfile.stat().st_size == 0:
+            opsfile.write_text(json.dumps(out["ops"]))
+        L.items.extend(tuple(x) for x in out["log"])
+    try:
+        run_diff(tdir, small_stack(), ops, check_upper=False, ignore=("mtime",))
+    except (AssertionError, pytest.fail.Exception) as e:
+        pytest.fail(f"STRATA_SEED={seed} ({count} ops by uid 1000)\n{e}", pytrace=False)

@@ -98,6 +98,8 @@ def rich_stack():
         E("u1000", "d", uid=1000, gid=1000),
         E("u1000/mine", data=b"mine\n", uid=1000, gid=1000),
         E("u1000/sub/deeper", data=b"d\n", uid=1000, gid=1000),
+        E("u1000/sub/other", data=b"o\n", uid=1000, gid=1000),
+        E("u1000/sub2/third", data=b"3\n", uid=1000, gid=1000),
         E("suid", data=b"#!/bin/sh\n", mode=0o4755),
         E("nested/deep/mid", data=b"mid\n"),
         E("nested/mode/m", data=b"m\n"),
@@ -1012,6 +1014,7 @@ except OSError as e:
 """
 
 
+@fo_differs("opening a lower hard link for write keeps it linked to the other names")
 def test_locks(tdir):
     def other(path, kind):
         return subprocess.run([union.PYTHON, "-c", LOCK_CHILD, path, kind],
@@ -1031,6 +1034,15 @@ def test_locks(tdir):
         L.do("unlock", fcntl.lockf, fd, fcntl.LOCK_UN, 10, 0)
         L.note("other posix after", other(L.p("c.txt"), "posix"))
         os.close(fd)
+        # locks belong to the inode: hard links (lower ones, and ones made in the mount)
+        # are one inode, so a lock through one name conflicts through the other
+        for a, b in (("hl1", "sub/hl3"), ("c.txt", "nested/c-link")):
+            if not os.path.exists(L.p(b)):
+                os.link(L.p(a), L.p(b))
+            fd = os.open(L.p(a), os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            L.note(f"flock via {b} while held via {a}", other(L.p(b), "flock"))
+            os.close(fd)
     run_diff(tdir, rich_stack(), ops)
 
 
@@ -1053,6 +1065,12 @@ def test_statfs(tdir):
 # permissions, as an unprivileged uid
 
 PERM_BODY = r"""
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+def renameat2(a, b, flags):
+    if _libc.renameat2(-100, a.encode(), -100, b.encode(), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 R("read own", read, P("u1000/mine"))
 R("read 0640 other group", read, P("b.txt"))
 R("read private", read, P("private/secret"))
@@ -1063,6 +1081,8 @@ R("mkdir in own dir", os.mkdir, P("u1000/newdir"))
 R("link own lower file", os.link, P("u1000/mine"), P("u1000/mine-link"))
 R("rename a hard link onto its other name", os.rename, P("u1000/mine-link"), P("u1000/mine"))
 R("both names stay", lambda: sorted(os.listdir(P("u1000"))))
+R("rename a lower file out of its (lower) dir", os.rename, P("u1000/sub/other"), P("u1000/other"))
+R("exchange lower files across dirs", renameat2, P("u1000/sub2/third"), P("u1000/mine"), 2)
 R("file with the sticky bit", os.chmod, P("u1000/sub/deeper"), 0o1750)
 R("link it", os.link, P("u1000/sub/deeper"), P("u1000/sticky-link"))
 R("rename the link onto it", os.rename, P("u1000/sticky-link"), P("u1000/sub/deeper"))

@@ -94,6 +94,7 @@ def rich_stack():
         E("acldir", "d", default_acl="u:1000:rwx"),
         E("sparse", data=b"head", sparse=[(4 * MiB, b"middle")], size=8 * MiB),
         E("ro.txt", data=b"read only\n", mode=0o444),
+        E("run.sh", data=b"#!/bin/sh\necho ran \"$@\"\n", mode=0o755),
         E("private", "d", mode=0o700), E("private/secret", data=b"s\n", mode=0o600),
         E("u1000", "d", uid=1000, gid=1000),
         E("u1000/mine", data=b"mine\n", uid=1000, gid=1000),
@@ -315,6 +316,7 @@ def test_merged_view(tdir):
         for d in (".", "dirA", "opq", "opqw", "opqu", "opqe", "dirfile", "nested/deep",
                   "nested/deep/er"):
             L.do("ls " + d, ls, L.p(d))
+        L.do("holes in a lower file", hole_facts, L.p("sparse"))
         L.do("shadow type", lambda: st(L.p("shadow")))
         L.do("dirfile type", lambda: st(L.p("dirfile")))
     k, i = run_diff(tdir, rich_stack(), ops)
@@ -581,6 +583,22 @@ def test_create_special_files(tdir):
         L.do("sock", lambda: __import__("socket").socket(1).bind(L.p("new/sock")))
         L.do("ls new", ls, L.p("new"))
         L.do("umask-free modes", st, L.p("new/f"))
+    run_diff(tdir, rich_stack(), ops)
+
+
+def test_exec(tdir):
+    """Programs run from lower and upper files, and again after being rewritten."""
+    def run_(path, *args):
+        p = subprocess.run([path, *args], capture_output=True, text=True)
+        return [p.returncode, p.stdout, p.stderr[-200:]]
+
+    def ops(L):
+        L.do("lower", run_, L.p("run.sh"), "a")
+        L.do("rewrite", wr, L.p("run.sh"), b"#!/bin/sh\necho new \"$@\"\n", os.O_WRONLY | os.O_TRUNC)
+        L.do("after copy-up", run_, L.p("run.sh"), "b")
+        L.do("new file", wr, L.p("new.sh"), b"#!/bin/sh\necho upper\n", mode=0o755)
+        L.do("upper", run_, L.p("new.sh"))
+        L.do("not executable", run_, L.p("c.txt"))
     run_diff(tdir, rich_stack(), ops)
 
 

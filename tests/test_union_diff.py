@@ -1435,3 +1435,40 @@ def test_random_ops_unprivileged(tdir, n):
         run_diff(tdir, small_stack(), ops, check_upper=False, ignore=("mtime",))
     except (AssertionError, pytest.fail.Exception) as e:
         pytest.fail(f"STRATA_SEED={seed} ({count} ops by uid 1000)\n{e}", pytrace=False)
+
+
+def test_reads_fuse_overlayfs_upper(tdir, impl):
+    """Containers move from fuse-overlayfs: an upper dir fuse-overlayfs wrote (its opaque
+    markers: .wh..wh..opq files, a '.wh..opq' whiteout, user.fuseoverlayfs.* xattrs) reads
+    the same through the implementation."""
+    if union.impl_is_fuse_overlayfs():
+        pytest.skip("compares the implementation with fuse-overlayfs")
+    lowers, upper, work, mnt = union.build_stack(tdir, small_stack())
+
+    def ops():
+        wr(mnt / "b.txt", b"more", os.O_WRONLY | os.O_APPEND)
+        os.unlink(mnt / "c.txt")
+        for n in os.listdir(mnt / "many"):
+            os.unlink(mnt / "many" / n)
+        os.rmdir(mnt / "many")
+        os.mkdir(mnt / "many")
+        wr(mnt / "many" / "fresh", b"fresh")
+        os.mkdir(mnt / "newdir")
+        wr(mnt / "newdir" / "f", b"f")
+        os.rmdir(mnt / "empty")
+        os.chmod(mnt / "xattr.txt", 0o600)
+        os.setxattr(mnt / "xattr.txt", "user.new", b"1")
+        os.rename(mnt / "a.txt", mnt / "nested" / "a-moved")
+        os.symlink("b.txt", mnt / "newlink")
+    with union.FuseMount(mnt, lowers, upper, work, ["allow_other"],
+                         binary="/usr/bin/fuse-overlayfs"):
+        ops()
+        want = union.snapshot(mnt)
+    work2 = tdir / "work2"
+    work2.mkdir()
+    with union.FuseMount(mnt, lowers, upper, work2, IMPL_OPTS):
+        got = union.snapshot(mnt)
+    d = union.diff_snapshots(union.strip(want, "nlink", "mtime", "links"),
+                             union.strip(got, "nlink", "mtime", "links"),
+                             ("fuse-overlayfs", "impl over fuse-overlayfs's upper"))
+    assert not d, d

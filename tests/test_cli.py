@@ -464,10 +464,23 @@ def test_bad_input(tdir, impl, case, request):
         f"{sorted(set(tree(tdir)) ^ set(before))}"
 
 
-def test_mountpoint_busy(tdir, impl):
-    """Mounting twice on the same mountpoint stacks (like fuse-overlayfs) or fails cleanly;
-    either way both unmount and no daemon is left."""
+def test_mount_twice_on_one_mountpoint(tdir, impl):
+    """A second mount on a busy mountpoint either stacks on top (as with fuse-overlayfs)
+    or fails with a message; either way everything unmounts and no daemon is left."""
     lowers, upper, work, mnt = stack(tdir)
-    with union.FuseMount(mnt, lowers, upper, work):
-        p = start(impl, ["-o", union.overlay_opts(lowers, tdir / "u2", work), mnt])
-        assert p.returncode != 0     # u2 does not exist
+    u2, w2 = tdir / "u2", tdir / "w2"
+    u2.mkdir()
+    w2.mkdir()
+    with union.FuseMount(mnt, lowers, upper, work) as first:
+        p = start(impl, ["-o", union.overlay_opts(lowers, u2, w2), mnt])
+        pids = [x for x in union.pids_with_arg(mnt) if x not in first.pids]
+        try:
+            if p.returncode == 0:
+                (mnt / "x").write_bytes(b"x")
+                assert (u2 / "x").exists() and not (upper / "x").exists()
+            else:
+                assert p.stderr.strip(), "failed without a message"
+        finally:
+            how, exited = union.force_unmount(mnt, pids)
+        assert exited, "the second daemon did not exit after its unmount"
+    assert not union.is_mounted(mnt)

@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config libfuse3-dev fuse3 liblz4-dev libxxhash-dev lib
 libacl1-dev libzstd-dev zlib1g-dev liblzma-dev libarchive-dev libjson-c-dev libsqlite3-dev
 python3-pytest fuse-overlayfs squashfs-tools squashfs-tools-ng squashfuse containers-storage
 umoci runc attr acl util-linux kmod python3-matplotlib busybox-static
-clang libclang-rt-14-dev liblzo2-2"
+clang libclang-rt-14-dev liblzo2-2 python3-pytest-timeout openssh-server sshfs"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -40,18 +40,35 @@ static int ovl_layer_find(struct ovl_fs *fs, const struct ovl_lent *dl, const ch
 	return 0;
 }
 
+/* Where a redirect value points from a directory at layer path `dpath`: absolute values
+ * start at the layer root, relative ones name a sibling. */
+static int ovl_redirect_target(const char *v, const char *dpath, char *out, size_t size)
+{
+	const char *slash = strrchr(dpath, '/');
+	int n;
+
+	if (v[0] == '/')
+		n = snprintf(out, size, "%s", v + 1);
+	else if (!slash)
+		n = snprintf(out, size, "%s", v);
+	else
+		n = snprintf(out, size, "%.*s/%s", (int)(slash - dpath), dpath, v);
+	return n < (int)size ? 0 : -ENAMETOOLONG;
+}
+
 /*
- * Walk `path` from the root of one layer, for a redirect, whose target need not lie under
- * the directory's own stack.  Same answers as ovl_layer_find(); as in the kernel, a
- * whiteout or a non-directory on the way stops the lookup (-ENOENT), and an opaque
- * directory on the way sets *stop_below: layers under this one are not consulted.
+ * Walk `path` from the root of one layer, below an absolute redirect, whose target need not
+ * lie under the directory's own stack.  Same answers as ovl_layer_find().  As in the kernel:
+ * a whiteout or a non-directory on the way stops the lookup (-ENOENT); an opaque directory
+ * on the way sets *stop_below (layers under this one are not consulted); a redirect on the
+ * way rewrites, in `next`, the path the layers below use.
  */
 static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct lnode *child,
-			  struct stat *st, bool *stop_below)
+			  struct stat *st, bool *stop_below, char *next)
 {
 	struct layer *l = fs->layers[layer];
 	struct ovl_lent cur = { layer, 0, NULL };
-	char sofar[PATH_MAX] = "", comp[NAME_MAX + 1], v[PATH_MAX];
+	char sofar[PATH_MAX] = "", comp[NAME_MAX + 1], v[PATH_MAX], t[PATH_MAX];
 	const char *p = path, *slash;
 	struct lnode c;
 	struct stat dst;
@@ -83,35 +100,22 @@ static int ovl_layer_walk(struct ovl_fs *fs, int layer, const char *path, struct
 		wh_layer_dir_marks(l, &c, &opaque, v, sizeof(v));
 		if (opaque)
 			*stop_below = true;
+		else if (v[0] && ovl_redirect_target(v, sofar, t, sizeof(t)) == 0 &&
+			 snprintf(next, PATH_MAX, "%s%s", t, slash) >= PATH_MAX)
+			return -ENAMETOOLONG;
 		p = slash + 1;
 	}
 }
 
-/* A redirected directory (moved with redirect_dir): where its lower content lives, as a
- * layer path.  Absolute values start at the layer root; relative ones name a sibling. */
-static bool ovl_redirect_path(const char *v, const char *dpath, char *out, size_t size)
-{
-	const char *slash;
-
-	if (!v[0])
-		return false;
-	if (v[0] == '/')
-		return snprintf(out, size, "%s", v + 1) < (int)size;
-	slash = strrchr(dpath, '/');
-	if (!slash)
-		return snprintf(out, size, "%s", v) < (int)size;
-	return snprintf(out, size, "%.*s/%s", (int)(slash - dpath), dpath, v) < (int)size;
-}
-
-/* Records one layer's entry in res; false when the walk stops below it. */
+/* Records one layer's entry in res.  1 = go on below (a directory: its redirect value, if
+ * any, in v), 0 = the walk stops here, negative = error. */
 static int ovl_res_add(struct ovl_fs *fs, struct ovl_res *res, int layer, struct lnode *child,
-		       const struct stat *st, const char *lpath, const char *cpath,
-		       char *rpath, bool *redirected)
+		       const struct stat *st, const char *lpath, const char *cpath, char *v)
 {
-	char v[PATH_MAX];
 	struct ovl_lent *e;
 	bool opaque;
 
+	v[0] = 0;
 	if (res->nlent == 0)
 		res->st = *st;
 	else if (!S_ISDIR(st->st_mode))
@@ -124,26 +128,29 @@ static int ovl_res_add(struct ovl_fs *fs, struct ovl_res *res, int layer, struct
 	if (!S_ISDIR(st->st_mode))
 		return 0;
 	child->path = lpath;
-	wh_layer_dir_marks(fs->layers[layer], child, &opaque, v, sizeof(v));
-	if (opaque)
-		return 0;
-	if (ovl_redirect_path(v, lpath, rpath, PATH_MAX))
-		*redirected = true;
-	return 1;
+	wh_layer_dir_marks(fs->layers[layer], child, &opaque, v, PATH_MAX);
+	return opaque ? 0 : 1;
 }
 
+/*
+ * The layers holding dir/name, top first.  Normally each layer of the directory's stack is
+ * asked for the name.  A redirect changes what the layers below are asked: a relative one
+ * (a directory renamed within its parent) a different name in the same directories; an
+ * absolute one a path from each lower layer's root.
+ */
 int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, const char *name,
 		bool skip_upper, struct ovl_res *res)
 {
-	char cpath[PATH_MAX], lpath[PATH_MAX], rpath[PATH_MAX];
-	bool redirected = false, stop_below = false;
+	char cpath[PATH_MAX], lpath[PATH_MAX], rpath[PATH_MAX], v[PATH_MAX], nm[NAME_MAX + 1];
+	bool by_path = false, stop_below = false;
 	struct lnode child;
 	struct stat st;
 	int i = 0, layer = -1, ret;
 
 	memset(res, 0, sizeof(*res));
-	if (wh_is_reserved_name(name))
+	if (wh_is_reserved_name(name) || strlen(name) > NAME_MAX)
 		return -ENOENT;
+	strcpy(nm, name);
 	ret = ovl_join(dpath, name, cpath, sizeof(cpath));
 	if (ret)
 		return ret;
@@ -151,7 +158,7 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 	if (!res->lent)
 		return -ENOMEM;
 	for (;;) {
-		if (!redirected) {
+		if (!by_path) {
 			const struct ovl_lent *dl;
 
 			if (i >= dir->nlent)
@@ -160,23 +167,29 @@ int ovl_resolve(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, cons
 			layer = dl->layer;
 			if (skip_upper && fs->has_upper && layer == 0)
 				continue;
-			ret = ovl_join(ovl_lent_path(dl, dpath), name, lpath, sizeof(lpath));
+			ret = ovl_join(ovl_lent_path(dl, dpath), nm, lpath, sizeof(lpath));
 			if (!ret)
-				ret = ovl_layer_find(fs, dl, ovl_lent_path(dl, dpath), name, &child, &st);
+				ret = ovl_layer_find(fs, dl, ovl_lent_path(dl, dpath), nm, &child, &st);
 		} else {
-			/* Below a redirect: every lower layer, at the redirected path. */
 			if (stop_below || ++layer >= fs->nlayers)
 				break;
 			strcpy(lpath, rpath);
-			ret = ovl_layer_walk(fs, layer, lpath, &child, &st, &stop_below);
+			ret = ovl_layer_walk(fs, layer, lpath, &child, &st, &stop_below, rpath);
 		}
 		if (ret == 0)
 			continue;
 		if (ret < 0)
 			break;
-		ret = ovl_res_add(fs, res, layer, &child, &st, lpath, cpath, rpath, &redirected);
+		ret = ovl_res_add(fs, res, layer, &child, &st, lpath, cpath, v);
 		if (ret <= 0)
 			break;
+		if (v[0] == '/' || (v[0] && by_path)) {
+			by_path = true;
+			if (ovl_redirect_target(v, lpath, rpath, sizeof(rpath)))
+				break;
+		} else if (v[0] && !strchr(v, '/') && strlen(v) <= NAME_MAX) {
+			strcpy(nm, v);  /* renamed within its parent: the old name below */
+		}
 	}
 	if (res->nlent && ret != -ENOMEM)
 		return 0;       /* what stopped the walk (a whiteout, an error below) is below */

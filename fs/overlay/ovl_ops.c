@@ -421,7 +421,7 @@ static int ovl_remove_upper(struct ovl_fs *fs, const char *dpath, const char *na
 		if (ret)
 			return ret;
 	}
-	if (wh && mknodat(fs->work_fd, tmp, S_IFCHR, makedev(0, 0)) == 0) {
+	if (wh && wh_create_shared(fs->work_fd, fs->work_fd, tmp, fs->priv, false) == 0) {
 		if (renameat2(fs->work_fd, tmp, fs->upper_fd, path,
 			      isdir ? RENAME_EXCHANGE : 0) < 0) {
 			ret = -errno;
@@ -439,7 +439,7 @@ static int ovl_remove_upper(struct ovl_fs *fs, const char *dpath, const char *na
 	pfd = openat(fs->upper_fd, *dpath ? dpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (pfd < 0)
 		return -errno;
-	ret = wh_create(pfd, name, fs->priv);
+	ret = wh_create_shared(fs->work_fd, pfd, name, fs->priv, true);
 	close(pfd);
 	return ret;
 }
@@ -475,7 +475,7 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 		ret = ovl_remove_upper(fs, dpath, name, path, isdir, wh);
 	} else {
 		pfd = openat(fs->upper_fd, *dpath ? dpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
-		ret = pfd < 0 ? -errno : wh_create(pfd, name, fs->priv);
+		ret = pfd < 0 ? -errno : wh_create_shared(fs->work_fd, pfd, name, fs->priv, true);
 		if (pfd >= 0)
 			close(pfd);
 	}
@@ -625,7 +625,7 @@ static int ovl_rename_upper(struct ovl_fs *fs, const char *spath, const char *sd
 	pfd = openat(fs->upper_fd, *sdpath ? sdpath : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (pfd < 0)
 		return -errno;
-	ret = wh_create(pfd, sname, fs->priv);
+	ret = wh_create_shared(fs->work_fd, pfd, sname, fs->priv, true);
 	close(pfd);
 	return ret;
 }

@@ -43,7 +43,7 @@ bool wh_xattr_is_private(const char *name)
 	return strncmp(name, OVL_XATTR_TRUSTED, sizeof(OVL_XATTR_TRUSTED) - 1) == 0 ||
 	       strncmp(name, OVL_XATTR_USER, sizeof(OVL_XATTR_USER) - 1) == 0 ||
 	       strcmp(name, "user.containers.override_stat") == 0 ||
-	       strcmp(name, "user.fuseoverlayfs.override_stat") == 0 ||
+	       strncmp(name, "user.fuseoverlayfs.", 19) == 0 ||
 	       strncmp(name, "trusted.stratafs.", 17) == 0 ||
 	       strncmp(name, "user.stratafs.", 14) == 0;
 }
@@ -155,6 +155,28 @@ int wh_create(int dirfd, const char *name, bool priv)
 		return errno == EEXIST ? 0 : -errno;
 	close(fd);
 	return 0;
+}
+
+int wh_create_shared(int workfd, int dirfd, const char *name, bool priv, bool oci_fallback)
+{
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		if (linkat(workfd, WH_SHARED_NAME, dirfd, name, 0) == 0)
+			return 0;
+		if (errno == ENOENT) {
+			if (mknodat(workfd, WH_SHARED_NAME, S_IFCHR | 0000, makedev(0, 0)) < 0 &&
+			    errno != EEXIST)
+				break;
+		} else if (errno == EMLINK) {
+			unlinkat(workfd, WH_SHARED_NAME, 0);    /* full: start a fresh one */
+		} else {
+			break;
+		}
+	}
+	if (!oci_fallback)
+		return mknodat(dirfd, name, S_IFCHR | 0000, makedev(0, 0)) < 0 ? -errno : 0;
+	return wh_create(dirfd, name, priv);
 }
 
 int wh_remove(int dirfd, const char *name)

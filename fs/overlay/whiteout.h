@@ -57,6 +57,11 @@ bool wh_layer_is_whited_out(struct layer *l, const struct lnode *dir, const char
 /* Writing, on a host directory fd. `priv` = may use trusted.* xattrs / mknod.
  * wh_create: a whiteout for `name` in dirfd (char 0/0, falling back to .wh.NAME). */
 int wh_create(int dirfd, const char *name, bool priv);
+/* The same, as a hard link to one shared whiteout kept in workdir (`workfd`), as the kernel
+ * does since 5.8: a link costs far less than a new inode.  With `oci_fallback` false it
+ * never falls back to ".wh.NAME" (the caller needs a real char 0/0 to rename). */
+#define WH_SHARED_NAME "#whiteout"
+int wh_create_shared(int workfd, int dirfd, const char *name, bool priv, bool oci_fallback);
 /* Remove whatever whiteout for `name` exists in dirfd (char 0/0 at name, or .wh.NAME). */
 int wh_remove(int dirfd, const char *name);
 /* Mark the directory fd opaque (xattr; .wh..wh..opq file as last resort). */

@@ -44,6 +44,15 @@ struct ovl_dir {
 	uint64_t gen;                   /* fs->gen when it was read */
 };
 
+/* Another name of a hard-linked upper file: the kernel must see one inode for all names. */
+struct ovl_alias {
+	struct ovl_node *parent;
+	char *name;
+	struct ovl_node *node;
+	struct ovl_alias *hnext;        /* fs->alias_hash chain */
+	struct ovl_alias *nnext;        /* node->aliases list */
+};
+
 struct ovl_node {
 	struct ovl_node *parent;
 	char *name;
@@ -55,6 +64,9 @@ struct ovl_node {
 	int nlent;                      /* layers holding it, top first; >1 only for dirs */
 	struct ovl_lent *lent;
 	bool hashed;                    /* still reachable by (parent, name) */
+	struct ovl_alias *aliases;      /* its other names (upper hard links) */
+	ino_t hl_ino;                   /* upper inode in fs->hl_hash, or 0 */
+	struct ovl_node *hl_next;
 	pthread_mutex_t lock;           /* guards listing and the open state below */
 	struct ovl_dir *listing;        /* dirs: merged listing between readdir calls */
 	/* Files, for the FUSE glue: the kernel wants every passthrough open of an inode on
@@ -100,6 +112,8 @@ struct ovl_fs {
 	pthread_mutex_t copy_lock;
 	pthread_mutex_t hash_lock[64];
 	struct ovl_node *hash[OVL_HASH_BUCKETS];
+	struct ovl_alias *alias_hash[OVL_HASH_BUCKETS];
+	struct ovl_node *hl_hash[1024];         /* upper hard links by inode; tree_lock */
 	struct ovl_inomap *inomap;
 	struct ovl_devmap *devmap;
 	uint64_t tmp_seq;
@@ -127,6 +141,17 @@ struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const 
 			      struct ovl_res *res);
 void ovl_node_unhash(struct ovl_fs *fs, struct ovl_node *n);
 int ovl_node_pin_lower_paths(struct ovl_fs *fs, struct ovl_node *top);
+/* Hard links (tree_lock exclusive for the changes): one node for every name of an upper
+ * file, found by its upper inode number. */
+struct ovl_node *ovl_hl_find(struct ovl_fs *fs, ino_t ino);
+void ovl_hl_add(struct ovl_fs *fs, struct ovl_node *n, ino_t ino);
+int ovl_alias_add(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		  const char *name);
+/* The name (parent, name) of n goes away (unlink, replaced), or moves (rename). */
+void ovl_name_drop(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		   const char *name);
+void ovl_name_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		   const char *name, struct ovl_node *np, const char *nname);
 void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, const char *name);
 void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup);
 void ovl_node_get(struct ovl_node *n);

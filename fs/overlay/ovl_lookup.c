@@ -287,9 +287,13 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	/* Adding a node changes the tree: exclusive, and someone may have beaten us to it. */
 	pthread_rwlock_wrlock(&fs->tree_lock);
 	n = ovl_node_find(fs, dir, name);
+	if (!n && fs->has_upper && res.lent[0].layer == 0 && !S_ISDIR(res.st.st_mode) &&
+	    res.st.st_nlink > 1 && (n = ovl_hl_find(fs, res.st.st_ino)) != NULL)
+		ret = ovl_alias_add(fs, n, dir, name);  /* another name of a known file */
 	if (n) {
 		ovl_lent_free(res.lent, res.nlent);
-		ret = ovl_stat_top(fs, n, cpath, st);
+		if (!ret)
+			ret = ovl_stat_top(fs, n, cpath, st);
 	} else {
 		*st = res.st;
 		n = ovl_node_new(fs, dir, name, &res);
@@ -297,6 +301,9 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 			ret = -ENOMEM;
 			goto out;
 		}
+		if (fs->has_upper && n->lent[0].layer == 0 && !S_ISDIR(st->st_mode) &&
+		    st->st_nlink > 1)
+			ovl_hl_add(fs, n, st->st_ino);
 		ovl_stat_fixup(fs, n, cpath, st);
 	}
 	if (ret == 0) {
@@ -323,7 +330,8 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 	struct lnode ln;
 	int ret;
 
-	if (de->type == DT_DIR || de->type == DT_UNKNOWN || ovl_node_find(fs, dir, de->name) ||
+	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0) ||
+	    ovl_node_find(fs, dir, de->name) ||
 	    d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
 		return ovl_lookup(fs, dir, de->name, out, st);
 	pthread_rwlock_wrlock(&fs->tree_lock);

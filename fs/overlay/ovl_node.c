@@ -21,9 +21,24 @@ static pthread_mutex_t *ovl_bucket_lock(struct ovl_fs *fs, unsigned int b)
 	return &fs->hash_lock[b % 64];
 }
 
+static struct ovl_alias *ovl_alias_find(struct ovl_fs *fs, struct ovl_node *parent,
+					const char *name)
+{
+	unsigned int b = ovl_hash(parent, name);
+	struct ovl_alias *a;
+
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	for (a = fs->alias_hash[b]; a; a = a->hnext)
+		if (a->parent == parent && strcmp(a->name, name) == 0)
+			break;
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+	return a;
+}
+
 struct ovl_node *ovl_node_find(struct ovl_fs *fs, struct ovl_node *parent, const char *name)
 {
 	unsigned int b = ovl_hash(parent, name);
+	struct ovl_alias *a;
 	struct ovl_node *n;
 
 	pthread_mutex_lock(ovl_bucket_lock(fs, b));
@@ -31,7 +46,10 @@ struct ovl_node *ovl_node_find(struct ovl_fs *fs, struct ovl_node *parent, const
 		if (n->parent == parent && strcmp(n->name, name) == 0)
 			break;
 	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
-	return n;
+	if (n)
+		return n;
+	a = ovl_alias_find(fs, parent, name);
+	return a ? a->node : NULL;
 }
 
 static void ovl_hash_add(struct ovl_fs *fs, struct ovl_node *n)
@@ -124,6 +142,50 @@ void ovl_node_get(struct ovl_node *n)
 	__atomic_add_fetch(&n->nref, 1, __ATOMIC_SEQ_CST);
 }
 
+static void ovl_alias_unlink(struct ovl_fs *fs, struct ovl_alias *a)
+{
+	unsigned int b = ovl_hash(a->parent, a->name);
+	struct ovl_alias **pp;
+
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	for (pp = &fs->alias_hash[b]; *pp; pp = &(*pp)->hnext) {
+		if (*pp == a) {
+			*pp = a->hnext;
+			break;
+		}
+	}
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+	for (pp = &a->node->aliases; *pp; pp = &(*pp)->nnext) {
+		if (*pp == a) {
+			*pp = a->nnext;
+			break;
+		}
+	}
+}
+
+static void ovl_alias_free(struct ovl_fs *fs, struct ovl_alias *a)
+{
+	ovl_alias_unlink(fs, a);
+	ovl_node_put(fs, a->parent);
+	free(a->name);
+	free(a);
+}
+
+static void ovl_hl_del(struct ovl_fs *fs, struct ovl_node *n)
+{
+	struct ovl_node **pp;
+
+	if (!n->hl_ino)
+		return;
+	for (pp = &fs->hl_hash[n->hl_ino % 1024]; *pp; pp = &(*pp)->hl_next) {
+		if (*pp == n) {
+			*pp = n->hl_next;
+			break;
+		}
+	}
+	n->hl_ino = 0;
+}
+
 static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 {
 	while (n && n->parent) {
@@ -133,6 +195,9 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 		    __atomic_load_n(&n->nref, __ATOMIC_SEQ_CST))
 			return;
 		ovl_node_unhash(fs, n);
+		ovl_hl_del(fs, n);
+		while (n->aliases)
+			ovl_alias_free(fs, n->aliases);
 		free(n->name);
 		ovl_lent_free(n->lent, n->nlent);
 		if (n->reader && fs->reader_free)
@@ -236,4 +301,96 @@ int ovl_node_pin_lower_paths(struct ovl_fs *fs, struct ovl_node *top)
 		pthread_mutex_unlock(ovl_bucket_lock(fs, b));
 	}
 	return ret;
+}
+
+struct ovl_node *ovl_hl_find(struct ovl_fs *fs, ino_t ino)
+{
+	struct ovl_node *n;
+
+	for (n = fs->hl_hash[ino % 1024]; n; n = n->hl_next)
+		if (n->hl_ino == ino)
+			return n;
+	return NULL;
+}
+
+void ovl_hl_add(struct ovl_fs *fs, struct ovl_node *n, ino_t ino)
+{
+	if (n->hl_ino || !ino)
+		return;
+	n->hl_ino = ino;
+	n->hl_next = fs->hl_hash[ino % 1024];
+	fs->hl_hash[ino % 1024] = n;
+}
+
+int ovl_alias_add(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		  const char *name)
+{
+	struct ovl_alias *a;
+	unsigned int b;
+
+	if ((n->parent == parent && strcmp(n->name, name) == 0) ||
+	    ovl_alias_find(fs, parent, name))
+		return 0;
+	a = calloc(1, sizeof(*a));
+	if (!a || !(a->name = strdup(name))) {
+		free(a);
+		return -ENOMEM;
+	}
+	a->parent = parent;
+	a->node = n;
+	ovl_node_get(parent);
+	b = ovl_hash(parent, name);
+	pthread_mutex_lock(ovl_bucket_lock(fs, b));
+	a->hnext = fs->alias_hash[b];
+	fs->alias_hash[b] = a;
+	pthread_mutex_unlock(ovl_bucket_lock(fs, b));
+	a->nnext = n->aliases;
+	n->aliases = a;
+	return 0;
+}
+
+static struct ovl_alias *ovl_alias_of(struct ovl_node *n, struct ovl_node *parent,
+				      const char *name)
+{
+	struct ovl_alias *a;
+
+	for (a = n->aliases; a; a = a->nnext)
+		if (a->parent == parent && strcmp(a->name, name) == 0)
+			return a;
+	return NULL;
+}
+
+void ovl_name_drop(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		   const char *name)
+{
+	struct ovl_alias *a = ovl_alias_of(n, parent, name);
+
+	if (a) {
+		ovl_alias_free(fs, a);
+		return;
+	}
+	if (!n->aliases) {
+		ovl_node_unhash(fs, n);
+		return;
+	}
+	/* Its own name is gone but another stays: that one becomes the node's name. */
+	a = n->aliases;
+	ovl_alias_unlink(fs, a);
+	ovl_node_move(fs, n, a->parent, a->name);
+	ovl_node_put(fs, a->parent);
+	free(a->name);
+	free(a);
+}
+
+void ovl_name_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *parent,
+		   const char *name, struct ovl_node *np, const char *nname)
+{
+	struct ovl_alias *a = ovl_alias_of(n, parent, name);
+
+	if (!a) {
+		ovl_node_move(fs, n, np, nname);
+		return;
+	}
+	ovl_alias_add(fs, n, np, nname);
+	ovl_alias_free(fs, a);
 }

@@ -361,7 +361,20 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 		unlinkat(fs->work_fd, tmp, 0);
 		goto out;
 	}
-	ret = ovl_new_node(fs, dir, name, path, out, st);
+	/* One node for every name of the file: the kernel sees one inode (locks, nlink). */
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	ret = fstatat(fs->upper_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	if (!ret) {
+		ovl_hl_add(fs, src, st->st_ino);
+		ret = ovl_alias_add(fs, src, dir, name);
+	}
+	if (!ret)
+		ret = ovl_stat_top(fs, src, path, st);
+	if (!ret) {
+		src->nlookup++;
+		*out = src;
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
 out:
 	pthread_mutex_unlock(&fs->copy_lock);
 	return ret;
@@ -481,7 +494,7 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 	}
 	if (!ret && !c.temp) {
 		pthread_rwlock_wrlock(&fs->tree_lock);
-		ovl_node_unhash(fs, c.n);
+		ovl_name_drop(fs, c.n, dir, name);
 		pthread_rwlock_unlock(&fs->tree_lock);
 	}
 put:
@@ -572,7 +585,7 @@ static int ovl_rename_checks(struct ovl_fs *fs, struct ovl_child *s, struct ovl_
 	if (flags & RENAME_EXCHANGE) {
 		if (!have_t)
 			return -ENOENT;
-		if (ovl_dir_has_lower(fs, t->n))
+		if (ovl_dir_has_lower(fs, t->n) && fs->o.no_redirect)
 			return -EXDEV;
 		return 0;
 	}
@@ -635,7 +648,7 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 {
 	char dpath[PATH_MAX], path[PATH_MAX], ndpath[PATH_MAX], npath[PATH_MAX];
 	struct ovl_child s, t;
-	bool have_t = false, wh, redirect;
+	bool have_t = false, wh, redirect, t_redirect = false;
 	int ret;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
@@ -676,14 +689,21 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	if (!ret && !(flags & RENAME_EXCHANGE))
 		ret = ovl_rename_prepare_target(fs, &t, have_t, S_ISDIR(s.n->type), ndpath,
 						nname, npath);
+	/* An exchange moves the target too: it may need a redirect of its own. */
+	t_redirect = (flags & RENAME_EXCHANGE) && ovl_dir_has_lower(fs, t.n);
 	if (!ret && redirect)
 		ret = ovl_set_redirect(fs, s.n, dir, path, name, dir == ndir);
+	if (!ret && t_redirect)
+		ret = ovl_set_redirect(fs, t.n, ndir, npath, nname, dir == ndir);
 	if (ret)
 		goto put_t;
 	wh = !(flags & RENAME_EXCHANGE) && ovl_lower_has(fs, dir, dpath, name);
-	if (redirect && !s.temp) {
+	if ((redirect && !s.temp) || (t_redirect && !t.temp)) {
 		pthread_rwlock_wrlock(&fs->tree_lock);
-		ret = ovl_node_pin_lower_paths(fs, s.n);
+		if (redirect && !s.temp)
+			ret = ovl_node_pin_lower_paths(fs, s.n);
+		if (!ret && t_redirect && !t.temp)
+			ret = ovl_node_pin_lower_paths(fs, t.n);
 		pthread_rwlock_unlock(&fs->tree_lock);
 		if (ret)
 			goto put_t;
@@ -693,16 +713,16 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 		goto put_t;
 	if (S_ISDIR(s.n->type) && !redirect)
 		ovl_opaque_if_lower(fs, ndir, ndpath, nname, npath);
-	if ((flags & RENAME_EXCHANGE) && S_ISDIR(t.n->type))
+	if ((flags & RENAME_EXCHANGE) && S_ISDIR(t.n->type) && !t_redirect)
 		ovl_opaque_if_lower(fs, dir, dpath, name, path);
 
 	pthread_rwlock_wrlock(&fs->tree_lock);
-	if (have_t && !t.temp)
-		ovl_node_unhash(fs, t.n);
+	if (have_t && !t.temp && !(flags & RENAME_EXCHANGE))
+		ovl_name_drop(fs, t.n, ndir, nname);
 	if (!s.temp)
-		ovl_node_move(fs, s.n, ndir, nname);
+		ovl_name_move(fs, s.n, dir, name, ndir, nname);
 	if ((flags & RENAME_EXCHANGE) && !t.temp)
-		ovl_node_move(fs, t.n, dir, name);
+		ovl_name_move(fs, t.n, ndir, nname, dir, name);
 	pthread_rwlock_unlock(&fs->tree_lock);
 put_t:
 	if (have_t)

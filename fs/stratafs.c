@@ -160,14 +160,27 @@ static void sfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_da
 	fuse_reply_none(req);
 }
 
+/* The O_PATH the daemon kept of a gone, open upper file (ovl_unlink), or -1. */
+static int sfs_orphan_fd(struct sfs *s, struct ovl_node *n)
+{
+	int fd;
+
+	pthread_rwlock_rdlock(&s->fs.tree_lock);
+	fd = n->orphan_fd;
+	pthread_rwlock_unlock(&s->fs.tree_lock);
+	return fd;
+}
+
 static int sfs_stat_node(fuse_req_t req, struct ovl_node *n, struct fuse_file_info *fi,
 			 struct stat *st)
 {
-	int ret = ovl_getattr(&sfs_of(req)->fs, n, st);
+	int ret = ovl_getattr(&sfs_of(req)->fs, n, st), fd = -1;
 
-	/* An open file whose name is gone: its fd still knows. */
-	if (ret == -ENOENT && fi && fi->fh && sfs_fh(fi)->fd >= 0 &&
-	    fstat(sfs_fh(fi)->fd, st) == 0) {
+	/* An open file whose name is gone: its fd, or the one kept at unlink, still knows. */
+	if (ret == -ENOENT || ret == -ESTALE)
+		fd = fi && fi->fh && sfs_fh(fi)->fd >= 0 ? sfs_fh(fi)->fd
+							 : sfs_orphan_fd(sfs_of(req), n);
+	if (fd >= 0 && fstat(fd, st) == 0) {
 		st->st_ino = n->ino;
 		ovl_map_stat(&sfs_of(req)->fs, st);
 		ret = 0;
@@ -196,6 +209,9 @@ static int sfs_upper_begin(struct sfs *s, struct ovl_node *n, char *path)
 	if (!ret) {
 		pthread_rwlock_rdlock(&s->fs.tree_lock);
 		ret = ovl_node_path(n, path, PATH_MAX);
+		/* Gone but open: the path is absolute, through /proc (follow it). */
+		if (ret == -ESTALE)
+			ret = ovl_node_orphan_path(n, path, PATH_MAX);
 		pthread_rwlock_unlock(&s->fs.tree_lock);
 	}
 	if (ret)
@@ -210,6 +226,8 @@ static void sfs_upper_done(struct sfs *s)
 
 static int sfs_upper_proc(struct sfs *s, const char *path, char *buf, size_t size)
 {
+	if (*path == '/')
+		return snprintf(buf, size, "%s", path) < (int)size ? 0 : -ENAMETOOLONG;
 	return fd_path(buf, size, s->fs.upper_fd, path);
 }
 
@@ -217,6 +235,7 @@ static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
 			  struct stat *attr, int to_set, int fd)
 {
 	const char *p = *path ? path : ".";
+	int nofollow = *path == '/' ? 0 : AT_SYMLINK_NOFOLLOW;
 	char proc[PATH_MAX + 32];
 	struct stat cur;
 	int ret = sfs_upper_proc(s, path, proc, sizeof(proc));
@@ -242,7 +261,7 @@ static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
 		gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? ovl_gid_to_host(&s->fs, attr->st_gid)
 							 : (gid_t)-1;
 
-		if (fchownat(s->fs.upper_fd, p, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
+		if (fchownat(s->fs.upper_fd, p, uid, gid, nofollow) < 0)
 			return -errno;
 	}
 	if ((to_set & FUSE_SET_ATTR_MODE) && fchmodat(s->fs.upper_fd, p, attr->st_mode & 07777, 0) < 0)
@@ -263,7 +282,7 @@ static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
 			ts[1].tv_nsec = UTIME_NOW;
 		else if (to_set & FUSE_SET_ATTR_MTIME)
 			ts[1] = attr->st_mtim;
-		if (utimensat(s->fs.upper_fd, p, ts, AT_SYMLINK_NOFOLLOW) < 0)
+		if (utimensat(s->fs.upper_fd, p, ts, nofollow) < 0)
 			return -errno;
 	}
 	return 0;
@@ -390,7 +409,8 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 	if (write) {
 		ret = sfs_upper_begin(s, n, path);
 		if (!ret) {
-			fh->fd = openat(s->fs.upper_fd, path, flags | O_NOFOLLOW | O_CLOEXEC);
+			fh->fd = openat(s->fs.upper_fd, path,
+					flags | (*path == '/' ? 0 : O_NOFOLLOW) | O_CLOEXEC);
 			ret = fh->fd < 0 ? -errno : 0;
 			sfs_upper_done(s);
 		}
@@ -403,9 +423,12 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 
 			ret = fh->l->ops->open(fh->l, &ln,
 					       flags & ~O_TRUNC, &fh->lf);
+		} else if (ret == -ESTALE && ovl_node_orphan_path(n, path, sizeof(path)) == 0) {
+			fh->fd = open(path, (flags & ~O_TRUNC) | O_CLOEXEC);
+			ret = fh->fd < 0 ? -errno : 0;
 		}
 		pthread_rwlock_unlock(&s->fs.tree_lock);
-		if (!ret)
+		if (!ret && fh->lf)
 			fh->fd = fh->l->ops->host_fd(fh->lf);
 	}
 	if (ret) {
@@ -889,6 +912,9 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 		struct lnode ln = ovl_top(n, path);
 
 		ret = l->ops->getxattr(l, &ln, name, buf, size);
+	} else if (ret == -ESTALE && ovl_node_orphan_path(n, path, sizeof(path)) == 0) {
+		ret = getxattr(path, name, buf, size);
+		ret = ret < 0 ? -errno : ret;
 	}
 	pthread_rwlock_unlock(&s->fs.tree_lock);
 	if (ret < 0)
@@ -921,12 +947,22 @@ static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	len = ovl_node_path(n, path, sizeof(path));
 	l = s->fs.layers[n->lent[0].layer];
 	ln = ovl_top(n, path);
-	if (!len)
-		len = l->ops->listxattr(l, &ln, NULL, 0);
-	if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
-		len = l->ops->listxattr(l, &ln, buf, len);
-	else if (len > 0)
-		len = -ENOMEM;
+	if (len == -ESTALE && ovl_node_orphan_path(n, path, sizeof(path)) == 0) {
+		/* gone but open: its own xattrs, through /proc */
+		len = listxattr(path, NULL, 0);
+		len = len < 0 ? -errno : len;
+		if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
+			len = listxattr(path, buf, len) < 0 ? -errno : len;
+		else if (len > 0)
+			len = -ENOMEM;
+	} else {
+		if (!len)
+			len = l->ops->listxattr(l, &ln, NULL, 0);
+		if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
+			len = l->ops->listxattr(l, &ln, buf, len);
+		else if (len > 0)
+			len = -ENOMEM;
+	}
 	pthread_rwlock_unlock(&s->fs.tree_lock);
 	for (p = buf; len > 0 && p < buf + len; p += strlen(p) + 1) {
 		if (sfs_xattr_hidden(s, p))
@@ -968,7 +1004,8 @@ static void sfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	ret = sfs_upper_begin(s, sfs_node(req, ino), path);
 	if (!ret) {
 		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
-		if (!ret && lsetxattr(proc, name, value, size, flags) < 0)
+		if (!ret && (*path == '/' ? setxattr(proc, name, value, size, flags)
+					  : lsetxattr(proc, name, value, size, flags)) < 0)
 			ret = -errno;
 		sfs_upper_done(s);
 	}
@@ -1011,7 +1048,7 @@ static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	ret = sfs_upper_begin(s, n, path);
 	if (!ret) {
 		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
-		if (!ret && lremovexattr(proc, name) < 0)
+		if (!ret && (*path == '/' ? removexattr(proc, name) : lremovexattr(proc, name)) < 0)
 			ret = -errno;
 		sfs_upper_done(s);
 	}

@@ -112,7 +112,7 @@ def test_image_layer_files_are_not_passed_through(tdir):
     dirl = tdir / "dirlayer"
     dirl.mkdir()
     (dirl / "ondir").write_bytes(b"d" * MiB)
-    with mount(mnt, [dirl, img], None, None):          # read-only: lower files pass through
+    with mount(mnt, [dirl, img], None, None, "passthrough=auto"):   # read-only: lower files pass through
         s0 = stats(mnt)
         assert s0["passthrough"] == "on"
         assert (mnt / "big").read_bytes() == data     # from the image: decompressed by us
@@ -215,7 +215,7 @@ def test_backing_files_are_released(tdir):
     if not kernel_has_passthrough():
         pytest.skip("kernel without FUSE passthrough")
     lower, upper, work, mnt, data = stack(tdir, size=MiB)
-    with mount(mnt, [lower], upper, work):
+    with mount(mnt, [lower], upper, work, "passthrough=auto"):
         (mnt / "up").write_bytes(b"an upper file")
         fds = [os.open(mnt / "up", os.O_RDONLY) for _ in range(50)]
         s = stats(mnt)

@@ -924,6 +924,46 @@ def test_fd_opened_before_copy_up(tdir):
     run_diff(tdir, rich_stack(), ops)
 
 
+def test_open_file_outlives_its_name(tdir):
+    """An open file whose name is removed or replaced stays that file: fstat, reads,
+    writes, ftruncate, fchmod, xattrs and a reopen through /proc/self/fd reach it, not
+    whatever the old name leads to now (stratafs keeps the unlinked upper file)."""
+    def after(L, fd, what):
+        s = os.fstat(fd)
+        L.note(f"{what}: fstat", (s.st_size, s.st_nlink, oct(s.st_mode)))
+        L.note(f"{what}: read", os.pread(fd, 64, 0))
+        L.note(f"{what}: reopen", with_fd(f"/proc/self/fd/{fd}", os.O_RDONLY,
+                                          lambda f2: os.pread(f2, 64, 0)))
+        os.pwrite(fd, b"W", 1)
+        os.ftruncate(fd, 5)
+        os.fchmod(fd, 0o600)
+        os.setxattr(fd, "user.orphan", b"yes")
+        s = os.fstat(fd)
+        L.note(f"{what}: changed", (s.st_size, oct(s.st_mode), os.pread(fd, 64, 0),
+                                    os.getxattr(fd, "user.orphan")))
+        os.close(fd)
+
+    def ops(L):
+        wr(L.p("victim"), b"old contents")                  # an upper file, renamed over
+        fd = os.open(L.p("victim"), os.O_RDWR)
+        wr(L.p("newer"), b"the replacement, longer than the old one")
+        L.do("rename over", os.rename, L.p("newer"), L.p("victim"))
+        after(L, fd, "renamed over")
+        L.do("the name", rd, L.p("victim"))
+        fd = os.open(L.p("b.txt"), os.O_RDWR)               # a lower file: copied up
+        L.do("unlink", os.unlink, L.p("b.txt"))
+        after(L, fd, "unlinked")
+        L.do("gone", rd, L.p("b.txt"))
+        wr(L.p("x"), b"first")                              # unlinked, then the name reused
+        fd = os.open(L.p("x"), os.O_RDONLY)
+        os.unlink(L.p("x"))
+        wr(L.p("x"), b"second file")
+        L.note("reused: old fd", (os.pread(fd, 64, 0), os.fstat(fd).st_size))
+        os.close(fd)
+        L.do("reused: the name", rd, L.p("x"))
+    run_diff(tdir, rich_stack(), ops)
+
+
 def test_mmap(tdir):
     def ops(L):
         with open(L.p("c.txt"), "r+b") as f:

@@ -64,6 +64,12 @@ struct ovl_node {
 	int nlent;                      /* layers holding it, top first; >1 only for dirs */
 	struct ovl_lent *lent;
 	bool hashed;                    /* still reachable by (parent, name) */
+	unsigned char gone;             /* its last name was removed: 1 from a lower layer
+					 * (never copy it up again), 2 from the upper (its old
+					 * path names something else now: ESTALE) */
+	int orphan_fd;                  /* gone while the kernel knows it: O_PATH to the
+					 * unlinked upper file (fstat, open, setattr through
+					 * /proc) until forgotten, or -1 */
 	struct ovl_alias *aliases;      /* its other names (upper hard links) */
 	ino_t hl_ino;                   /* upper inode in fs->hl_hash, or 0 */
 	struct ovl_node *hl_next;
@@ -157,6 +163,7 @@ void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup);
 void ovl_node_get(struct ovl_node *n);
 void ovl_node_put(struct ovl_fs *fs, struct ovl_node *n);
 int ovl_node_path(struct ovl_node *n, char *buf, size_t size);
+int ovl_node_orphan_path(const struct ovl_node *n, char *buf, size_t size);
 int ovl_join(const char *dir, const char *name, char *buf, size_t size);
 static inline bool ovl_in_upper(const struct ovl_fs *fs, const struct ovl_node *n)
 {

@@ -311,6 +311,8 @@ int ovl_copy_up(struct ovl_fs *fs, struct ovl_node *n)
 		return -EROFS;
 	if (ovl_in_upper(fs, n))
 		return 0;
+	if (n->gone)
+		return -ESTALE;         /* removed since the kernel looked it up */
 	if (n->parent) {
 		ret = ovl_copy_up(fs, n->parent);
 		if (ret)

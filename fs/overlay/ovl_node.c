@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "overlay/ovl.h"
 
@@ -106,6 +107,7 @@ struct ovl_node *ovl_node_new(struct ovl_fs *fs, struct ovl_node *parent, const 
 		return NULL;
 	}
 	n->parent = parent;
+	n->orphan_fd = -1;
 	pthread_mutex_init(&n->lock, NULL);
 	n->type = res->st.st_mode & S_IFMT;
 	n->nlent = res->nlent;
@@ -200,6 +202,8 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 			ovl_alias_free(fs, n->aliases);
 		free(n->name);
 		ovl_lent_free(n->lent, n->nlent);
+		if (n->orphan_fd >= 0)
+			close(n->orphan_fd);
 		if (n->reader && fs->reader_free)
 			fs->reader_free(n->reader);
 		if (n->listing) {
@@ -232,6 +236,15 @@ void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup)
 	pthread_rwlock_unlock(&fs->tree_lock);
 }
 
+/* "/proc/self/fd/N" of a gone node's unlinked upper file; -ESTALE when it has none. */
+int ovl_node_orphan_path(const struct ovl_node *n, char *buf, size_t size)
+{
+	if (n->orphan_fd < 0)
+		return -ESTALE;
+	return snprintf(buf, size, "/proc/self/fd/%d", n->orphan_fd) < (int)size ? 0
+									  : -ENAMETOOLONG;
+}
+
 int ovl_join(const char *dir, const char *name, char *buf, size_t size)
 {
 	int n = *dir ? snprintf(buf, size, "%s/%s", dir, name) : snprintf(buf, size, "%s", name);
@@ -245,6 +258,8 @@ int ovl_node_path(struct ovl_node *n, char *buf, size_t size)
 	size_t pos = size - 1;
 	struct ovl_node *p;
 
+	if (n->gone == 2)
+		return -ESTALE;
 	buf[pos] = 0;
 	for (p = n; p->parent; p = p->parent) {
 		size_t len = strlen(p->name);
@@ -371,6 +386,7 @@ void ovl_name_drop(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *paren
 	}
 	if (!n->aliases) {
 		ovl_node_unhash(fs, n);
+		n->gone = fs->has_upper && n->nlent && n->lent[0].layer == 0 ? 2 : 1;
 		return;
 	}
 	/* Its own name is gone but another stays: that one becomes the node's name. */

@@ -45,6 +45,7 @@ static int ovl_child_get(struct ovl_fs *fs, struct ovl_node *dir, const char *dp
 	c->temp = true;
 	c->n = &c->tmp;
 	c->tmp.parent = dir;
+	c->tmp.orphan_fd = -1;
 	c->tmp.name = (char *)name;
 	c->tmp.type = res.st.st_mode & S_IFMT;
 	c->tmp.nlent = res.nlent;
@@ -457,12 +458,36 @@ static int ovl_remove_upper(struct ovl_fs *fs, const char *dpath, const char *na
 	return ret;
 }
 
+/*
+ * An upper file about to lose its last name while the kernel still knows its inode: keep
+ * an O_PATH to it until the kernel forgets the inode, so that fstat, ftruncate, fchmod, an
+ * open that raced with the removal, and reopening through /proc reach that file -- not
+ * whatever its old path names now.  Caller holds tree_lock exclusive, so no reader is
+ * between turning the node into a path and using it.
+ */
+static int ovl_orphan_open(struct ovl_fs *fs, struct ovl_child *c, const char *path)
+{
+	if (c->temp || !S_ISREG(c->n->type) || !ovl_in_upper(fs, c->n) || c->n->aliases ||
+	    c->n->orphan_fd >= 0 || !__atomic_load_n(&c->n->nlookup, __ATOMIC_SEQ_CST))
+		return -1;
+	return openat(fs->upper_fd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* Caller holds tree_lock exclusive. */
+static void ovl_orphan_keep(struct ovl_node *n, int *fd)
+{
+	if (*fd >= 0 && n->gone == 2 && n->orphan_fd < 0) {
+		n->orphan_fd = *fd;
+		*fd = -1;
+	}
+}
+
 int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool isdir)
 {
 	char dpath[PATH_MAX], path[PATH_MAX];
 	struct ovl_child c;
 	bool wh;
-	int ret, pfd;
+	int ret, pfd, orphan;
 
 	pthread_mutex_lock(&fs->copy_lock);
 	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
@@ -484,6 +509,10 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 	if (ret)
 		goto put;
 	wh = ovl_lower_has(fs, dir, dpath, name);
+	/* Readers turn nodes into paths under tree_lock: none may see the old node's path
+	 * once it names nothing, or something else. */
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	orphan = ovl_orphan_open(fs, &c, path);
 	if (ovl_in_upper(fs, c.n)) {
 		ret = ovl_remove_upper(fs, dpath, name, path, isdir, wh);
 	} else {
@@ -493,10 +522,12 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 			close(pfd);
 	}
 	if (!ret && !c.temp) {
-		pthread_rwlock_wrlock(&fs->tree_lock);
 		ovl_name_drop(fs, c.n, dir, name);
-		pthread_rwlock_unlock(&fs->tree_lock);
+		ovl_orphan_keep(c.n, &orphan);
 	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	if (orphan >= 0)
+		close(orphan);
 put:
 	ovl_child_put(&c);
 out:
@@ -649,7 +680,7 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	char dpath[PATH_MAX], path[PATH_MAX], ndpath[PATH_MAX], npath[PATH_MAX];
 	struct ovl_child s, t;
 	bool have_t = false, wh, redirect, t_redirect = false;
-	int ret;
+	int ret, orphan = -1;
 
 	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
 		return -EINVAL;
@@ -708,22 +739,30 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 		if (ret)
 			goto put_t;
 	}
+	/* As in ovl_unlink: the rename and the node moves are one step for readers. */
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (have_t && !(flags & RENAME_EXCHANGE))
+		orphan = ovl_orphan_open(fs, &t, npath);
 	ret = ovl_rename_upper(fs, path, dpath, name, npath, wh, flags & RENAME_EXCHANGE);
+	if (!ret) {
+		if (have_t && !t.temp && !(flags & RENAME_EXCHANGE)) {
+			ovl_name_drop(fs, t.n, ndir, nname);
+			ovl_orphan_keep(t.n, &orphan);
+		}
+		if (!s.temp)
+			ovl_name_move(fs, s.n, dir, name, ndir, nname);
+		if ((flags & RENAME_EXCHANGE) && !t.temp)
+			ovl_name_move(fs, t.n, ndir, nname, dir, name);
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	if (orphan >= 0)
+		close(orphan);
 	if (ret)
 		goto put_t;
 	if (S_ISDIR(s.n->type) && !redirect)
 		ovl_opaque_if_lower(fs, ndir, ndpath, nname, npath);
 	if ((flags & RENAME_EXCHANGE) && S_ISDIR(t.n->type) && !t_redirect)
 		ovl_opaque_if_lower(fs, dir, dpath, name, path);
-
-	pthread_rwlock_wrlock(&fs->tree_lock);
-	if (have_t && !t.temp && !(flags & RENAME_EXCHANGE))
-		ovl_name_drop(fs, t.n, ndir, nname);
-	if (!s.temp)
-		ovl_name_move(fs, s.n, dir, name, ndir, nname);
-	if ((flags & RENAME_EXCHANGE) && !t.temp)
-		ovl_name_move(fs, t.n, ndir, nname, dir, name);
-	pthread_rwlock_unlock(&fs->tree_lock);
 put_t:
 	if (have_t)
 		ovl_child_put(&t);

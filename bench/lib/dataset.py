@@ -45,10 +45,10 @@ zoneinfo""".split()
 
 QUICK = dict(small_dirs=10, small_per_dir=100, bigdir=3000, big_mib=32, untar_files=500,
              stat_paths=1000, stat_rounds=3, randreads=1000, mdtest_procs=2, mdtest_files=100,
-             write_mib=32)
+             write_mib=32, build_files=8)
 FULL = dict(small_dirs=100, small_per_dir=100, bigdir=100000, big_mib=1024, untar_files=20000,
             stat_paths=20000, stat_rounds=5, randreads=20000, mdtest_procs=4,
-            mdtest_files=2000, write_mib=1024)
+            mdtest_files=2000, write_mib=1024, build_files=48)
 
 
 def _layer_of(name):
@@ -91,6 +91,56 @@ def _small_files(rng, root, dirs, per_dir):
         for i in range(per_dir):
             with open(os.path.join(dd, "f%04d" % i), "wb") as f:
                 f.write(rng.randbytes(rng.randint(256, 2048)).hex().encode())
+
+
+MAKEFILE = """\
+# bench: the build-like workload.  make -f SRC/Makefile SRC=... OUT=...
+SRC ?= .
+OUT ?= out
+OBJS = $(patsubst $(SRC)/%.c,$(OUT)/%.o,$(sort $(wildcard $(SRC)/*.c)))
+$(OUT)/prog: $(OBJS)
+	$(CC) -o $@ $^
+$(OUT)/%.o: $(SRC)/%.c $(wildcard $(SRC)/include/*.h)
+	$(CC) -O1 -I$(SRC)/include -c -o $@ $<
+"""
+
+
+def _c_project(rng, l0, l1, n):
+    """src/: n C files and 12 headers that include each other, in the base layer, with two
+    headers (one new, one replacing a base one) in the layer above: a compiler opens every
+    header from every unit, so lookups and opens of lower files dominate the union's share."""
+    inc0, inc1 = os.path.join(l0, "src", "include"), os.path.join(l1, "src", "include")
+    os.makedirs(inc0)
+    os.makedirs(inc1)
+    for h in range(12):
+        body = ["#pragma once"] + ['#include "h%02d.h"' % d for d in range(h) if d % 3 == h % 3]
+        body += ["static inline long h%02d_f%d(long x) { return x * %d + %d; }" %
+                 (h, k, rng.randint(2, 99), rng.randint(0, 999)) for k in range(20)]
+        with open(os.path.join(inc0, "h%02d.h" % h), "w") as f:
+            f.write("\n".join(body) + "\n")
+    with open(os.path.join(inc1, "h05.h"), "w") as f:       # replaces the base's h05.h
+        f.write("#pragma once\n#include \"config.h\"\n" + "".join(
+            "static inline long h05_f%d(long x) { return x + CONFIG_K; }\n" % k
+            for k in range(20)))
+    with open(os.path.join(inc1, "config.h"), "w") as f:
+        f.write("#pragma once\n#define CONFIG_K 7\n")
+    for i in range(n):
+        hs = rng.sample(range(12), 6)
+        lines = ['#include "h%02d.h"' % h for h in hs] + ["#include <stdio.h>",
+                                                          "#include <string.h>"]
+        lines += ["long u%03d(long x);" % j for j in range(n)] if i == 0 else []
+        lines.append("long u%03d(long x) {" % i)
+        lines.append("    long r = x;")
+        lines += ["    r += h%02d_f%d(r);" % (h, k) for h in hs for k in range(0, 20, 4)]
+        lines.append("    return r;\n}")
+        if i == 0:
+            lines.append("int main(void) {\n    long r = 0;")
+            lines += ["    r += u%03d(%d);" % (j, j) for j in range(n)]
+            lines.append('    printf("%ld\\n", r);\n    return 0;\n}')
+        with open(os.path.join(l0, "src", "u%03d.c" % i), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    with open(os.path.join(l0, "src", "Makefile"), "w") as f:
+        f.write(MAKEFILE)
 
 
 def _whiteout(path):
@@ -204,6 +254,7 @@ def build(ctx):
     log("dataset: layers under %s" % data)
     _copy_python([l0, l1, l2])
     _small_files(rng, l0, p["small_dirs"], p["small_per_dir"])
+    _c_project(rng, l0, l1, p["build_files"])
     ctx.whiteouts = _upper_changes(rng, [l0, l1, l2], p)
     _bigdir([l0, l1, l2], p["bigdir"])
     _bigfile(rng, os.path.join(l0, "data", "big.bin"), p["big_mib"])

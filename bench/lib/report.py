@@ -371,6 +371,7 @@ TARGETS = [
      "stratafs", "kovl", 1.05),
     ("big-file warm read ≤ 1.1× native", "fs", "seq_read_warm", "stratafs", "native", 1.1),
     ("big-file copy-up ≤ 1.0× fuse-overlayfs", "fs", "copyup", "stratafs", "fovl", 1.0),
+    ("build-like workload ≤ 1.1× kernel overlay", "fs", "build", "stratafs", "kovl", 1.1),
     ("image: warm walk ≤ 1.5× kernel squashfs", "fs", "walk_warm", "stratafs-img", "ksq", 1.5),
     ("image: cold walk ≤ 2× kernel squashfs", "fs", "walk_cold", "stratafs-img", "ksq", 2.0),
     ("image: read every file ≤ 1.3× kernel squashfs", "fs", "read_all", "stratafs-img", "ksq",

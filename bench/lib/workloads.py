@@ -181,6 +181,20 @@ class Untar(WriteWorkload):
         return secs, {"files": ctx.p["untar_files"]}
 
 
+class Build(WriteWorkload):
+    key, title = "build", "build-like: make -j2 of a C project whose sources are in the layers"
+
+    def run(self, ctx, path, native):
+        out = os.path.join(self.target(ctx, path, native), "build-out")
+        os.mkdir(out)
+        src = os.path.join(path, "src")
+        secs, _ = timed(["make", "-s", "-j2", "-f", os.path.join(src, "Makefile"),
+                         "SRC=" + src, "OUT=" + out], timeout=ctx.timeout)
+        if not os.path.exists(os.path.join(out, "prog")):
+            raise NA("the build made no program")
+        return secs, {"files": ctx.p["build_files"]}
+
+
 class RmRf(WriteWorkload):
     key, title = "rm_rf", "rm -rf of a lower tree (small/, spread over layers)"
 
@@ -222,7 +236,7 @@ class Mdtest(WriteWorkload):
 
 ALL = [WalkWarm(), WalkCold(), StatStorm(), ReaddirBig(), PyImportWarm(), PyImportCold(),
        ReadAll(), SeqReadWarm(), SeqReadCold(), RandRead(), SeqWrite(), CopyUp(), Untar(),
-       RmRf(), Mdtest()]
+       Build(), RmRf(), Mdtest()]
 
 
 def save_logs(ctx, base, name):

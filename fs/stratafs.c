@@ -25,6 +25,7 @@
 #include "stratafs.h"
 #include "fdpath.h"
 #include "passthrough.h"
+#include "prefetch.h"
 #include "overlay/ovl.h"
 #include "overlay/whiteout.h"
 
@@ -36,6 +37,7 @@ struct sfs {
 	struct fuse_session *se;
 	uint64_t reads, writes;         /* READ/WRITE requests that reached the daemon */
 	bool no_open;                   /* read-only mount: the kernel sends no OPEN/RELEASE */
+	struct pf *pf;                  /* read-ahead of small image files, or NULL */
 };
 
 struct sfs_fh {
@@ -295,8 +297,11 @@ static void sfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	struct ovl_node *n = sfs_node(req, ino);
 	char path[PATH_MAX];
 	struct stat st;
-	int ret = sfs_upper_begin(s, n, path);
+	int ret;
 
+	if (to_set & FUSE_SET_ATTR_SIZE)
+		pf_block(s->pf, n);
+	ret = sfs_upper_begin(s, n, path);
 	if (!ret) {
 		ret = sfs_do_setattr(s, n, path, attr, to_set,
 				     fi && fi->fh ? sfs_fh(fi)->fd : -1);
@@ -407,6 +412,7 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 	/* The kernel does O_DIRECT against us; the host file needs no alignment games. */
 	flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECT);
 	if (write) {
+		pf_block(s->pf, n);     /* no read-ahead push may land after the writes */
 		ret = sfs_upper_begin(s, n, path);
 		if (!ret) {
 			fh->fd = openat(s->fs.upper_fd, path,
@@ -642,6 +648,8 @@ static void sfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	/* An image file: decompressed here.  A copy-up racing with us may have moved the
 	 * layer file to old_lf; it stays open until release either way. */
+	if (off == 0)
+		pf_read(sfs_of(req)->pf, sfs_node(req, ino));
 	lf = __atomic_load_n(&fh->lf, __ATOMIC_ACQUIRE);
 	if (!lf)
 		lf = __atomic_load_n(&fh->old_lf, __ATOMIC_ACQUIRE);
@@ -738,6 +746,7 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	struct ovl_dir *l;
 	char *buf = malloc(size), *p = buf;
 	size_t rem = size, i;
+	bool first = off == 0;
 	int err = 0;
 
 	(void)fi;
@@ -792,6 +801,10 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 			if (n)
 				ovl_node_forget(&s->fs, n, 1);
 			break;
+		}
+		if (n) {
+			pf_listed(s->pf, dir, name, n, &st, first);
+			first = false;
 		}
 		p += len;
 		rem -= len;
@@ -1327,7 +1340,9 @@ int main(int argc, char **argv)
 		fuse_session_destroy(se);
 		return 1;
 	}
+	s.pf = pf_start(&s.fs, se);
 	ret = sfs_loop(&s, se);
+	pf_stop(s.pf);
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 	fuse_session_destroy(se);

@@ -461,6 +461,138 @@ def test_copy_up_from_image(tdir):
     assert_same(ku, iu, "upper dir after copy-ups")
 
 
+def daemon_stats(mnt):
+    raw = os.getxattr(str(mnt), "user.stratafs.stats").decode()
+    return dict(line.split("=", 1) for line in raw.splitlines())
+
+
+@need_stratafs
+def test_small_files_are_read_ahead(tdir):
+    """Small files of an image directory read one by one: after a READ the daemon pushes
+    the next ones into the kernel's page cache, so far fewer READs than files reach it, and
+    the bytes are the image's.  On a writable mount, files written, truncated, appended or
+    replaced after the pushes read back what was written -- through the cache, after the
+    cache is dropped, and after a remount."""
+    rnd = random.Random(9)
+    files = {"d/f%03d" % i: rnd.randbytes(rnd.randint(1, 20000)) for i in range(200)}
+    src = tdir / "src"
+    union.build_layer(src, [E(p, data=d) for p, d in files.items()])
+    img = _sqfs.mksquashfs(str(src), str(tdir / "l.sqfs"))
+    ro = tdir / "ro"
+    with stratafs(ro, [img]):
+        os.listdir(ro / "d")
+        r0 = int(daemon_stats(ro)["read_requests"])
+        for p, d in files.items():
+            assert (ro / p).read_bytes() == d, p
+        reads = int(daemon_stats(ro)["read_requests"]) - r0
+        assert reads < len(files) // 4, reads
+
+    upper, work, mnt = tdir / "upper", tdir / "work", tdir / "mnt"
+    for d in (upper, work):
+        d.mkdir()
+    expect = dict(files)
+
+    def check(root):
+        for p, d in expect.items():
+            assert (root / p).read_bytes() == d, p
+
+    with stratafs(mnt, [img], upper, work):
+        os.listdir(mnt / "d")
+        assert (mnt / "d/f000").read_bytes() == files["d/f000"]      # starts the pushes
+        assert (mnt / "d/f001").read_bytes() == files["d/f001"]
+        with open(mnt / "d/f005", "r+b") as f:                        # in place
+            f.write(b"XYZ")
+        expect["d/f005"] = b"XYZ" + files["d/f005"][3:]
+        os.truncate(mnt / "d/f006", 5)                                # no open at all
+        expect["d/f006"] = files["d/f006"][:5]
+        with open(mnt / "d/f007", "ab") as f:
+            f.write(b"tail")
+        expect["d/f007"] = files["d/f007"] + b"tail"
+        with open(mnt / "d/f008", "wb") as f:                         # O_TRUNC
+            f.write(b"new")
+        expect["d/f008"] = b"new"
+        for i in range(20, 200, 7):             # written before they were ever read
+            p = "d/f%03d" % i
+            with open(mnt / p, "r+b") as f:
+                f.write(b"W" * 4)
+            expect[p] = b"W" * 4 + files[p][4:]
+        check(mnt)
+        union.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+        check(mnt)
+    with stratafs(mnt, [img], upper, work):
+        check(mnt)
+
+
+@need_stratafs
+def test_read_ahead_races_with_writers(tdir):
+    """Writers change their own image files (in place, truncate, append) while readers read
+    every file of the directory, which keeps the read-ahead pushing: every writer reads back
+    exactly its own model each time, and everything matches after the cache is dropped."""
+    rnd = random.Random(11)
+    n_files, writers, seconds = 240, 3, 4.0
+    files = {"d%d/f%03d" % (i % 3, i): rnd.randbytes(rnd.randint(1, 30000))
+             for i in range(n_files)}
+    src = tdir / "src"
+    union.build_layer(src, [E(p, data=d) for p, d in files.items()])
+    img = _sqfs.mksquashfs(str(src), str(tdir / "l.sqfs"))
+    upper, work, mnt = tdir / "upper", tdir / "work", tdir / "mnt"
+    for d in (upper, work):
+        d.mkdir()
+    model = dict(files)
+    errors, stop = [], threading.Event()
+    names = sorted(files)
+
+    def writer(w):
+        r = random.Random(w)
+        mine = [p for i, p in enumerate(names) if i % writers == w]
+        while not stop.is_set():
+            p = r.choice(mine)
+            got = (mnt / p).read_bytes()
+            if got != model[p]:
+                errors.append("%s: read %d bytes, expected %d" % (p, len(got), len(model[p])))
+                return
+            op = r.randrange(3)
+            if op == 0:
+                off = r.randrange(len(model[p]) + 1)
+                data = r.randbytes(r.randint(1, 3000))
+                with open(mnt / p, "r+b") as f:
+                    f.seek(off)
+                    f.write(data)
+                old = model[p]
+                model[p] = old[:off] + data + old[off + len(data):]
+            elif op == 1:
+                size = r.randrange(len(model[p]) + 1)
+                os.truncate(mnt / p, size)
+                model[p] = model[p][:size]
+            else:
+                with open(mnt / p, "ab") as f:
+                    f.write(b"+")
+                model[p] += b"+"
+
+    def reader(k):
+        r = random.Random(100 + k)
+        while not stop.is_set():
+            d = "d%d" % r.randrange(3)
+            for n in sorted(os.listdir(mnt / d)):
+                (mnt / d / n).read_bytes()
+            if r.random() < 0.3:
+                union.run(["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"])
+
+    with stratafs(mnt, [img], upper, work):
+        ts = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+        ts += [threading.Thread(target=reader, args=(k,)) for k in range(2)]
+        for t in ts:
+            t.start()
+        stop.wait(seconds)
+        stop.set()
+        for t in ts:
+            t.join()
+        assert not errors, errors
+        union.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+        for p, d in model.items():
+            assert (mnt / p).read_bytes() == d, p
+
+
 # ---------------------------------------------------------------------------------------
 # corrupt images under the daemon
 

@@ -82,6 +82,8 @@ struct ovl_node {
 					 * does not open files (read-only mounts) */
 	dev_t pt_dev;
 	ino_t pt_ino;
+	void *pf;                       /* dirs: the glue's read-ahead list (fs->pf_free) */
+	int pf_state;                   /* files: read-ahead state (fs/prefetch.c) */
 };
 
 struct ovl_idmap {
@@ -125,6 +127,7 @@ struct ovl_fs {
 	uint64_t tmp_seq;
 	uint64_t gen;                   /* bumped by every namespace change */
 	void (*reader_free)(void *reader);
+	void (*pf_free)(void *pf);
 };
 
 /* What a lookup of one name found across the stack. */

@@ -206,6 +206,8 @@ static void ovl_node_free_chain(struct ovl_fs *fs, struct ovl_node *n)
 			close(n->orphan_fd);
 		if (n->reader && fs->reader_free)
 			fs->reader_free(n->reader);
+		if (n->pf && fs->pf_free)
+			fs->pf_free(n->pf);
 		if (n->listing) {
 			ovl_dir_free(n->listing);
 			free(n->listing);

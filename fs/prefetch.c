@@ -256,34 +256,38 @@ static void pf_batch(struct pf *pf, struct ovl_node *dir)
 	pf_put(pf, dir);
 }
 
+/* The oldest queued directory, or NULL.  Caller holds pf->lock. */
+static struct ovl_node *pf_pop(struct pf *pf)
+{
+	struct ovl_node *dir;
+
+	if (!pf->qn)
+		return NULL;
+	dir = pf->q[pf->qh];
+	pf->qh = (pf->qh + 1) % PF_QUEUE;
+	pf->qn--;
+	return dir;
+}
+
 static void *pf_main(void *arg)
 {
 	struct pf *pf = arg;
+	struct ovl_node *dir;
 
 	pthread_mutex_lock(&pf->lock);
 	for (;;) {
 		while (!pf->qn && !pf->stop)
 			pthread_cond_wait(&pf->cond, &pf->lock);
-		if (pf->stop)
-			break;
-		struct ovl_node *dir = pf->q[pf->qh];
-
-		pf->qh = (pf->qh + 1) % PF_QUEUE;
-		pf->qn--;
+		dir = pf_pop(pf);
 		pthread_mutex_unlock(&pf->lock);
-		pf_batch(pf, dir);
+		if (!dir)
+			break;                  /* stopping, nothing left */
+		if (__atomic_load_n(&pf->stop, __ATOMIC_ACQUIRE))
+			pf_put(pf, dir);        /* stopping: drop what is still queued */
+		else
+			pf_batch(pf, dir);
 		pthread_mutex_lock(&pf->lock);
 	}
-	while (pf->qn) {                /* drop what is still queued */
-		struct ovl_node *dir = pf->q[pf->qh];
-
-		pf->qh = (pf->qh + 1) % PF_QUEUE;
-		pf->qn--;
-		pthread_mutex_unlock(&pf->lock);
-		pf_put(pf, dir);
-		pthread_mutex_lock(&pf->lock);
-	}
-	pthread_mutex_unlock(&pf->lock);
 	return NULL;
 }
 

@@ -222,5 +222,20 @@ class StratafsImage(System):
         return m
 
 
+class StratafsImageRO(System):
+    """The image alone, read-only: what the kernel's squashfs and squashfuse_ll mount."""
+    key, label = "stratafs-img-ro", "stratafs (image, read-only)"
+    kind, strata, writable = "image", True, False
+    needs = (stratafs_bin,)
+
+    def mount(self, ctx, src, base):
+        mnt = fresh_dir(os.path.join(base, "mnt"))
+        m = Mount(ctx, mnt)
+        fuse_mount(ctx, m, [stratafs_bin(ctx), "-o", "lowerdir=%s" % src.image, mnt], mnt,
+                   os.path.join(base, "stratafs.log"))
+        return m
+
+
 ALL = [Native(), KernelOverlay(), FuseOverlayfs(), StratafsDir(), KernelSquashfs(),
-       KernelSquashOverlay(), SquashfuseLL(), SquashfuseFovl(), StratafsImage()]
+       KernelSquashOverlay(), SquashfuseLL(), SquashfuseFovl(), StratafsImage(),
+       StratafsImageRO()]

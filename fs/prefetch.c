@@ -29,7 +29,7 @@
 #include "prefetch.h"
 
 #define PF_MAX   (256 << 10)    /* files up to this size are pushed */
-#define PF_BATCH 64             /* files per READ that reaches us */
+#define PF_BATCH 256            /* files per READ that reaches us */
 #define PF_QUEUE 64
 
 enum { PF_NONE, PF_PUSHING, PF_PUSHED, PF_NEVER };
@@ -109,6 +109,11 @@ void pf_read(struct pf *pf, struct ovl_node *n)
 
 	if (!pf || !dir)
 		return;
+	/* This READ brings n's pages in itself: no push for it. */
+	int none = PF_NONE;
+
+	__atomic_compare_exchange_n(&n->pf_state, &none, PF_PUSHED, false, __ATOMIC_ACQ_REL,
+				    __ATOMIC_ACQUIRE);
 	pthread_mutex_lock(&dir->lock);
 	d = dir->pf;
 	if (d && !d->queued && d->next < d->n) {
@@ -230,10 +235,17 @@ static void pf_push(struct pf *pf, struct ovl_node *dir, const char *name)
 
 static void pf_batch(struct pf *pf, struct ovl_node *dir)
 {
-	char *names[PF_BATCH];
+	char **names = malloc(PF_BATCH * sizeof(*names));
 	struct pf_dir *d;
 	size_t k = 0;
 
+	if (!names) {
+		pthread_mutex_lock(&dir->lock);
+		((struct pf_dir *)dir->pf)->queued = false;
+		pthread_mutex_unlock(&dir->lock);
+		pf_put(pf, dir);
+		return;
+	}
 	pthread_mutex_lock(&dir->lock);
 	d = dir->pf;
 	while (d && k < PF_BATCH && d->next < d->n)
@@ -244,6 +256,7 @@ static void pf_batch(struct pf *pf, struct ovl_node *dir)
 			pf_push(pf, dir, names[i]);
 		free(names[i]);
 	}
+	free(names);
 	pthread_mutex_lock(&dir->lock);
 	if ((d = dir->pf)) {
 		d->queued = false;

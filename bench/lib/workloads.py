@@ -171,6 +171,27 @@ class CopyUp(WriteWorkload):
         return secs, {}
 
 
+class CopiedUpWrite(WriteWorkload):
+    key, title = "copyup_write", "sequential write over the copied-up big file (fsync)"
+
+    def setup(self, ctx, path, native):
+        big = os.path.join(path, "data", "big.bin")
+        if native:              # the same file, as a plain copy in the scratch dir
+            self.file = os.path.join(self.target(ctx, path, native), "big.bin")
+            sh(["cp", big, self.file], timeout=ctx.timeout)
+        else:                   # an open for writing copies it up (untimed)
+            self.file = big
+            with open(big, "r+b"):
+                pass
+        super().setup(ctx, path, native)
+
+    def run(self, ctx, path, native):
+        secs, _ = timed(["dd", "if=/dev/zero", "of=" + self.file, "bs=1M",
+                         "count=%d" % ctx.p["write_mib"], "conv=notrunc,fsync",
+                         "status=none"], timeout=ctx.timeout)
+        return secs, {"bytes": ctx.p["write_mib"] << 20}
+
+
 class Untar(WriteWorkload):
     key, title = "untar", "untar small files into the mount"
 
@@ -235,8 +256,8 @@ class Mdtest(WriteWorkload):
 
 
 ALL = [WalkWarm(), WalkCold(), StatStorm(), ReaddirBig(), PyImportWarm(), PyImportCold(),
-       ReadAll(), SeqReadWarm(), SeqReadCold(), RandRead(), SeqWrite(), CopyUp(), Untar(),
-       Build(), RmRf(), Mdtest()]
+       ReadAll(), SeqReadWarm(), SeqReadCold(), RandRead(), SeqWrite(), CopyUp(),
+       CopiedUpWrite(), Untar(), Build(), RmRf(), Mdtest()]
 
 
 def save_logs(ctx, base, name):

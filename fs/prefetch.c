@@ -57,14 +57,20 @@ static bool pf_image_top(struct ovl_fs *fs, struct ovl_node *n)
 	return n->nlent > 0 && fs->layers[n->lent[0].layer]->root_fd < 0;
 }
 
+static void pf_names_clear(struct pf_dir *d)
+{
+	for (size_t i = 0; i < d->n; i++)
+		free(d->names[i]);
+	d->n = d->next = 0;
+}
+
 void pf_dir_free(void *p)
 {
 	struct pf_dir *d = p;
 
 	if (!d)
 		return;
-	for (size_t i = 0; i < d->n; i++)
-		free(d->names[i]);
+	pf_names_clear(d);
 	free(d->names);
 	free(d);
 }
@@ -77,11 +83,8 @@ void pf_listed(struct pf *pf, struct ovl_node *dir, const char *name, struct ovl
 
 	if (!pf)
 		return;
-	if (first && d && !d->queued) {
-		for (size_t i = 0; i < d->n; i++)
-			free(d->names[i]);
-		d->n = d->next = 0;
-	}
+	if (first && d && !d->queued)
+		pf_names_clear(d);
 	if (!S_ISREG(st->st_mode) || st->st_size <= 0 || st->st_size > PF_MAX ||
 	    !pf_image_top(pf->fs, n) ||
 	    __atomic_load_n(&n->pf_state, __ATOMIC_ACQUIRE) != PF_NONE)
@@ -99,6 +102,30 @@ void pf_listed(struct pf *pf, struct ovl_node *dir, const char *name, struct ovl
 	}
 	if ((copy = strdup(name)))
 		d->names[d->n++] = copy;
+}
+
+static void pf_put(struct pf *pf, struct ovl_node *n)
+{
+	pthread_rwlock_wrlock(&pf->fs->tree_lock);
+	ovl_node_put(pf->fs, n);
+	pthread_rwlock_unlock(&pf->fs->tree_lock);
+}
+
+/* dir is no longer queued: drop its names once all were handed out, and its reference. */
+static void pf_unqueue(struct pf *pf, struct ovl_node *dir)
+{
+	struct pf_dir *d;
+
+	pthread_mutex_lock(&dir->lock);
+	if ((d = dir->pf)) {
+		d->queued = false;
+		if (d->next >= d->n) {
+			pf_dir_free(d);
+			dir->pf = NULL;
+		}
+	}
+	pthread_mutex_unlock(&dir->lock);
+	pf_put(pf, dir);
 }
 
 void pf_read(struct pf *pf, struct ovl_node *n)
@@ -130,14 +157,8 @@ void pf_read(struct pf *pf, struct ovl_node *n)
 		pthread_cond_signal(&pf->cond);
 	}
 	pthread_mutex_unlock(&pf->lock);
-	if (dir) {                      /* queue full: let a later READ try again */
-		pthread_mutex_lock(&dir->lock);
-		((struct pf_dir *)dir->pf)->queued = false;
-		pthread_mutex_unlock(&dir->lock);
-		pthread_rwlock_wrlock(&pf->fs->tree_lock);
-		ovl_node_put(pf->fs, dir);
-		pthread_rwlock_unlock(&pf->fs->tree_lock);
-	}
+	if (dir)                        /* queue full: let a later READ try again */
+		pf_unqueue(pf, dir);
 }
 
 void pf_block(struct pf *pf, struct ovl_node *n)
@@ -160,13 +181,6 @@ void pf_block(struct pf *pf, struct ovl_node *n)
 			fuse_lowlevel_notify_inval_inode(pf->se, (fuse_ino_t)(uintptr_t)n, 0, 0);
 		return;
 	}
-}
-
-static void pf_put(struct pf *pf, struct ovl_node *n)
-{
-	pthread_rwlock_wrlock(&pf->fs->tree_lock);
-	ovl_node_put(pf->fs, n);
-	pthread_rwlock_unlock(&pf->fs->tree_lock);
 }
 
 /* Read the whole file through its image layer into pf->buf; its length, or < 0. */
@@ -235,17 +249,10 @@ static void pf_push(struct pf *pf, struct ovl_node *dir, const char *name)
 
 static void pf_batch(struct pf *pf, struct ovl_node *dir)
 {
-	char **names = malloc(PF_BATCH * sizeof(*names));
+	char *names[PF_BATCH];
 	struct pf_dir *d;
 	size_t k = 0;
 
-	if (!names) {
-		pthread_mutex_lock(&dir->lock);
-		((struct pf_dir *)dir->pf)->queued = false;
-		pthread_mutex_unlock(&dir->lock);
-		pf_put(pf, dir);
-		return;
-	}
 	pthread_mutex_lock(&dir->lock);
 	d = dir->pf;
 	while (d && k < PF_BATCH && d->next < d->n)
@@ -256,17 +263,7 @@ static void pf_batch(struct pf *pf, struct ovl_node *dir)
 			pf_push(pf, dir, names[i]);
 		free(names[i]);
 	}
-	free(names);
-	pthread_mutex_lock(&dir->lock);
-	if ((d = dir->pf)) {
-		d->queued = false;
-		if (d->next >= d->n) {          /* all handed out: the names can go */
-			pf_dir_free(d);
-			dir->pf = NULL;
-		}
-	}
-	pthread_mutex_unlock(&dir->lock);
-	pf_put(pf, dir);
+	pf_unqueue(pf, dir);
 }
 
 /* The oldest queued directory, or NULL.  Caller holds pf->lock. */

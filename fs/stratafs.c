@@ -162,27 +162,14 @@ static void sfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_da
 	fuse_reply_none(req);
 }
 
-/* The O_PATH the daemon kept of a gone, open upper file (ovl_unlink), or -1. */
-static int sfs_orphan_fd(struct sfs *s, struct ovl_node *n)
-{
-	int fd;
-
-	pthread_rwlock_rdlock(&s->fs.tree_lock);
-	fd = n->orphan_fd;
-	pthread_rwlock_unlock(&s->fs.tree_lock);
-	return fd;
-}
-
 static int sfs_stat_node(fuse_req_t req, struct ovl_node *n, struct fuse_file_info *fi,
 			 struct stat *st)
 {
-	int ret = ovl_getattr(&sfs_of(req)->fs, n, st), fd = -1;
+	int ret = ovl_getattr(&sfs_of(req)->fs, n, st);
 
-	/* An open file whose name is gone: its fd, or the one kept at unlink, still knows. */
-	if (ret == -ENOENT || ret == -ESTALE)
-		fd = fi && fi->fh && sfs_fh(fi)->fd >= 0 ? sfs_fh(fi)->fd
-							 : sfs_orphan_fd(sfs_of(req), n);
-	if (fd >= 0 && fstat(fd, st) == 0) {
+	/* An open file whose name is gone (and not kept by ovl_unlink): its fd still knows. */
+	if ((ret == -ENOENT || ret == -ESTALE) && fi && fi->fh && sfs_fh(fi)->fd >= 0 &&
+	    fstat(sfs_fh(fi)->fd, st) == 0) {
 		st->st_ino = n->ino;
 		ovl_map_stat(&sfs_of(req)->fs, st);
 		ret = 0;
@@ -226,9 +213,19 @@ static void sfs_upper_done(struct sfs *s)
 	pthread_mutex_unlock(&s->fs.copy_lock);
 }
 
+/*
+ * sfs_upper_begin() hands back a path below the upper root, or for a removed file kept
+ * open by ovl_unlink an absolute /proc/self/fd/N magic link, which calls must follow
+ * (the no-follow forms would act on the link itself).
+ */
+static bool sfs_is_orphan_path(const char *path)
+{
+	return *path == '/';
+}
+
 static int sfs_upper_proc(struct sfs *s, const char *path, char *buf, size_t size)
 {
-	if (*path == '/')
+	if (sfs_is_orphan_path(path))
 		return snprintf(buf, size, "%s", path) < (int)size ? 0 : -ENAMETOOLONG;
 	return fd_path(buf, size, s->fs.upper_fd, path);
 }
@@ -237,7 +234,7 @@ static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
 			  struct stat *attr, int to_set, int fd)
 {
 	const char *p = *path ? path : ".";
-	int nofollow = *path == '/' ? 0 : AT_SYMLINK_NOFOLLOW;
+	int nofollow = sfs_is_orphan_path(path) ? 0 : AT_SYMLINK_NOFOLLOW;
 	char proc[PATH_MAX + 32];
 	struct stat cur;
 	int ret = sfs_upper_proc(s, path, proc, sizeof(proc));
@@ -416,7 +413,8 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 		ret = sfs_upper_begin(s, n, path);
 		if (!ret) {
 			fh->fd = openat(s->fs.upper_fd, path,
-					flags | (*path == '/' ? 0 : O_NOFOLLOW) | O_CLOEXEC);
+					flags | (sfs_is_orphan_path(path) ? 0 : O_NOFOLLOW) |
+					O_CLOEXEC);
 			ret = fh->fd < 0 ? -errno : 0;
 			sfs_upper_done(s);
 		}
@@ -939,11 +937,24 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 	free(buf);
 }
 
+/* The raw list: from the node's top layer, or from a kept file's /proc path. */
+static ssize_t sfs_listxattr_raw(struct layer *l, struct lnode *ln, const char *orphan,
+				 char *buf, size_t size)
+{
+	ssize_t r;
+
+	if (!orphan)
+		return l->ops->listxattr(l, ln, buf, size);
+	r = listxattr(orphan, buf, size);
+	return r < 0 ? -errno : r;
+}
+
 static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct sfs *s = sfs_of(req);
 	struct ovl_node *n = sfs_node(req, ino);
 	char path[PATH_MAX], *buf = NULL, *out = NULL, *p;
+	const char *orphan = NULL;
 	struct layer *l;
 	struct lnode ln;
 	ssize_t len;
@@ -960,22 +971,14 @@ static void sfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	len = ovl_node_path(n, path, sizeof(path));
 	l = s->fs.layers[n->lent[0].layer];
 	ln = ovl_top(n, path);
-	if (len == -ESTALE && ovl_node_orphan_path(n, path, sizeof(path)) == 0) {
-		/* gone but open: its own xattrs, through /proc */
-		len = listxattr(path, NULL, 0);
-		len = len < 0 ? -errno : len;
-		if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
-			len = listxattr(path, buf, len) < 0 ? -errno : len;
-		else if (len > 0)
-			len = -ENOMEM;
-	} else {
-		if (!len)
-			len = l->ops->listxattr(l, &ln, NULL, 0);
-		if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
-			len = l->ops->listxattr(l, &ln, buf, len);
-		else if (len > 0)
-			len = -ENOMEM;
-	}
+	if (len == -ESTALE && ovl_node_orphan_path(n, path, sizeof(path)) == 0)
+		orphan = path;          /* gone but open: its own xattrs, through /proc */
+	if (!len || orphan)
+		len = sfs_listxattr_raw(l, &ln, orphan, NULL, 0);
+	if (len > 0 && (buf = malloc(len)) && (out = malloc(len)))
+		len = sfs_listxattr_raw(l, &ln, orphan, buf, len);
+	else if (len > 0)
+		len = -ENOMEM;
 	pthread_rwlock_unlock(&s->fs.tree_lock);
 	for (p = buf; len > 0 && p < buf + len; p += strlen(p) + 1) {
 		if (sfs_xattr_hidden(s, p))
@@ -1017,7 +1020,7 @@ static void sfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
 	ret = sfs_upper_begin(s, sfs_node(req, ino), path);
 	if (!ret) {
 		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
-		if (!ret && (*path == '/' ? setxattr(proc, name, value, size, flags)
+		if (!ret && (sfs_is_orphan_path(path) ? setxattr(proc, name, value, size, flags)
 					  : lsetxattr(proc, name, value, size, flags)) < 0)
 			ret = -errno;
 		sfs_upper_done(s);
@@ -1061,7 +1064,8 @@ static void sfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	ret = sfs_upper_begin(s, n, path);
 	if (!ret) {
 		ret = sfs_upper_proc(s, path, proc, sizeof(proc));
-		if (!ret && (*path == '/' ? removexattr(proc, name) : lremovexattr(proc, name)) < 0)
+		if (!ret && (sfs_is_orphan_path(path) ? removexattr(proc, name)
+						      : lremovexattr(proc, name)) < 0)
 			ret = -errno;
 		sfs_upper_done(s);
 	}

@@ -461,11 +461,6 @@ def test_copy_up_from_image(tdir):
     assert_same(ku, iu, "upper dir after copy-ups")
 
 
-def daemon_stats(mnt):
-    raw = os.getxattr(str(mnt), "user.stratafs.stats").decode()
-    return dict(line.split("=", 1) for line in raw.splitlines())
-
-
 @need_stratafs
 def test_small_files_are_read_ahead(tdir):
     """Small files of an image directory read one by one: after a READ the daemon pushes
@@ -481,10 +476,10 @@ def test_small_files_are_read_ahead(tdir):
     ro = tdir / "ro"
     with stratafs(ro, [img]):
         os.listdir(ro / "d")
-        r0 = int(daemon_stats(ro)["read_requests"])
+        r0 = union.daemon_stats(ro)["read_requests"]
         for p, d in files.items():
             assert (ro / p).read_bytes() == d, p
-        reads = int(daemon_stats(ro)["read_requests"]) - r0
+        reads = union.daemon_stats(ro)["read_requests"] - r0
         assert reads < len(files) // 4, reads
 
     upper, work, mnt = tdir / "upper", tdir / "work", tdir / "mnt"

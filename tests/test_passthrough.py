@@ -22,13 +22,7 @@ import union
 MiB = 1 << 20
 
 
-def stats(mnt):
-    raw = os.getxattr(str(mnt), "user.stratafs.stats").decode()
-    out = {}
-    for line in raw.splitlines():
-        k, v = line.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
-    return out
+stats = union.daemon_stats
 
 
 def stack(tdir, size=16 * MiB, seed=1):

@@ -282,6 +282,17 @@ def make_mount(kind, *a, **kw):
 #   'w' whiteout: form='char' | 'wh'
 # Layers are listed top first, like lowerdir=.  Parent dirs are created as needed (0755).
 
+def daemon_stats(mnt):
+    """stratafs's counters: the root's (never listed) xattr user.stratafs.stats, one
+    key=value per line; numbers as ints."""
+    raw = os.getxattr(str(mnt), "user.stratafs.stats").decode()
+    out = {}
+    for line in raw.splitlines():
+        k, v = line.split("=", 1)
+        out[k] = int(v) if v.lstrip("-").isdigit() else v
+    return out
+
+
 def E(path, kind="f", **attrs):
     return (path, kind, attrs)
 

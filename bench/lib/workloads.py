@@ -144,15 +144,19 @@ class WriteWorkload(Workload):
         os.sync()
 
 
+def dd_write(ctx, out, conv):
+    """write_mib MiB of zeros to `out` with dd (conv=...), timed."""
+    secs, _ = timed(["dd", "if=/dev/zero", "of=" + out, "bs=1M",
+                     "count=%d" % ctx.p["write_mib"], "conv=" + conv, "status=none"],
+                    timeout=ctx.timeout)
+    return secs, {"bytes": ctx.p["write_mib"] << 20}
+
+
 class SeqWrite(WriteWorkload):
     key, title = "seq_write", "sequential write of a new file (fsync)"
 
     def run(self, ctx, path, native):
-        out = os.path.join(self.target(ctx, path, native), "out.bin")
-        secs, _ = timed(["dd", "if=/dev/zero", "of=" + out, "bs=1M",
-                         "count=%d" % ctx.p["write_mib"], "conv=fsync", "status=none"],
-                        timeout=ctx.timeout)
-        return secs, {"bytes": ctx.p["write_mib"] << 20}
+        return dd_write(ctx, os.path.join(self.target(ctx, path, native), "out.bin"), "fsync")
 
 
 class CopyUp(WriteWorkload):
@@ -186,10 +190,7 @@ class CopiedUpWrite(WriteWorkload):
         super().setup(ctx, path, native)
 
     def run(self, ctx, path, native):
-        secs, _ = timed(["dd", "if=/dev/zero", "of=" + self.file, "bs=1M",
-                         "count=%d" % ctx.p["write_mib"], "conv=notrunc,fsync",
-                         "status=none"], timeout=ctx.timeout)
-        return secs, {"bytes": ctx.p["write_mib"] << 20}
+        return dd_write(ctx, self.file, "notrunc,fsync")
 
 
 class Untar(WriteWorkload):

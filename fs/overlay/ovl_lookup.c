@@ -247,8 +247,13 @@ int ovl_getattr(struct ovl_fs *fs, struct ovl_node *n, struct stat *st)
 
 	pthread_rwlock_rdlock(&fs->tree_lock);
 	ret = ovl_node_path(n, path, sizeof(path));
-	if (!ret)
+	if (!ret) {
 		ret = ovl_stat_top(fs, n, path, st);
+	} else if (ret == -ESTALE && n->orphan_fd >= 0 && fstat(n->orphan_fd, st) == 0) {
+		st->st_ino = n->ino;    /* removed, kept open (ovl_unlink): the file answers */
+		ovl_map_stat(fs, st);
+		ret = 0;
+	}
 	pthread_rwlock_unlock(&fs->tree_lock);
 	return ret;
 }

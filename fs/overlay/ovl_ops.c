@@ -468,7 +468,7 @@ static int ovl_remove_upper(struct ovl_fs *fs, const char *dpath, const char *na
 static int ovl_orphan_open(struct ovl_fs *fs, struct ovl_child *c, const char *path)
 {
 	if (c->temp || !S_ISREG(c->n->type) || !ovl_in_upper(fs, c->n) || c->n->aliases ||
-	    c->n->orphan_fd >= 0 || !__atomic_load_n(&c->n->nlookup, __ATOMIC_SEQ_CST))
+	    !__atomic_load_n(&c->n->nlookup, __ATOMIC_SEQ_CST))
 		return -1;
 	return openat(fs->upper_fd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 }

@@ -443,24 +443,35 @@ static int sfs_open_fh(struct sfs *s, struct ovl_node *n, int flags, struct sfs_
 	return 0;
 }
 
+/* An fh on a lower layer's file of a writable mount (not yet following a copy-up). */
+static bool sfs_fh_lower(struct sfs *s, const struct sfs_fh *fh)
+{
+	return s->fs.has_upper && fh->lf && fh->l != s->fs.layers[0];
+}
+
 /*
  * Passthrough for an open file when it can be had.  The kernel's rules: every open of an
  * inode that has a passthrough open must be a passthrough open on the same backing file,
- * and no passthrough open may join cached ones.  A lower file can be copied up while it is
- * open (a reader, then a writer): its inode would then need a second backing file, which
- * the kernel refuses.  So on a writable mount only upper files pass through -- created or
- * copied up, they never change file again -- and lower files take the cached splice path
- * (their pages stay cached: nothing changes them); on a read-only mount every directory-
- * layer file passes through.  An inode with cached opens gets cached ones until they
- * close.  ETXTBSY below is a safety net these rules do not reach.
+ * and no passthrough open may join cached ones.
+ *
+ * Lower files of a writable mount pass through too (passthrough_lower=1, the default):
+ * their opens pin the lower file to the node, and a copy-up while one is open gives the
+ * copy a new node (ovl_copy_up_one), so the open files keep reading the lower file, as on
+ * fuse-overlayfs; new opens get the copy.  With passthrough_lower=0 they take the cached
+ * path, where a file opened before a copy-up reads the copy afterwards (sfs_follow_copy_up),
+ * as on the kernel overlay.  Once a copy-up began (node->copying) no open pins the lower
+ * file any more: one that looked the file up before the copy joins what the node has
+ * pinned by then (the copy), or takes the cached path.  An inode with cached opens gets
+ * cached ones until they close.  ETXTBSY below is a safety net these rules do not reach.
  */
 static bool sfs_pt_eligible(struct sfs *s, const struct sfs_fh *fh)
 {
-	return fh->fd >= 0 && (!s->fs.has_upper || !fh->lf || fh->l == s->fs.layers[0]);
+	return fh->fd >= 0 && (s->cfg.passthrough_lower || !sfs_fh_lower(s, fh));
 }
 
 static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 {
+	bool lower = sfs_fh_lower(s, fh);
 	struct stat st;
 	int id, ret = 0;
 
@@ -475,13 +486,13 @@ static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 			fh->cached = true;
 		}
 	} else if (n->pt_refs) {
-		if (n->pt_dev == st.st_dev && n->pt_ino == st.st_ino) {
+		if ((n->pt_dev == st.st_dev && n->pt_ino == st.st_ino) || (lower && n->copying)) {
 			n->pt_refs++;
 			fh->backing = n->pt_id;
 		} else {
 			ret = -ETXTBSY;
 		}
-	} else if ((id = pt_backing_open(&s->pt, fh->fd)) > 0) {
+	} else if (!(lower && n->copying) && (id = pt_backing_open(&s->pt, fh->fd)) > 0) {
 		n->pt_id = id;
 		n->pt_refs = 1;
 		n->pt_dev = st.st_dev;

@@ -14,6 +14,7 @@ struct sfs_config {
 	char *upper, *work, *mountpoint;
 	bool foreground, debug, threaded, writeback, fsync, noacl;
 	int passthrough;                /* 0 off, 1 auto, 2 on */
+	bool passthrough_lower;         /* lower files of writable mounts pass through too */
 	struct ovl_opts o;
 	char *fuse_opts;                /* comma list handed to libfuse */
 	size_t fuse_opts_len;

@@ -40,6 +40,8 @@ static const char *sfs_usage =
 "  threaded=0|1       multi-threaded loop (default 1)  writeback=0|1  writeback cache\n"
 "  ino32_t            32-bit inode numbers          xino=off|auto|on, redirect_dir=...\n"
 "  passthrough=auto|on|off   kernel FUSE passthrough for directory layers\n"
+"  passthrough_lower=0|1     lower files of a writable mount pass through too (1); with 0\n"
+"                     a file open before its copy-up reads the copy, as on kernel overlayfs\n"
 "  image_cache=SIZE   decompressed block cache for image layers (e.g. 256M)\n"
 "  context=..., and the usual mount options: allow_other, allow_root, default_permissions,\n"
 "  ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, relatime, ...\n";
@@ -276,6 +278,15 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 		}
 		return 0;
 	}
+	if (KEY("passthrough_lower")) {
+		if (val && strcmp(val, "0") && strcmp(val, "1")) {
+			fprintf(stderr, "stratafs: option passthrough_lower='%s': expected 0 or 1\n",
+				val);
+			return -EINVAL;
+		}
+		c->passthrough_lower = !val || !strcmp(val, "1");
+		return 0;
+	}
 	if (KEY("redirect_dir") && val) {
 		/* on/follow/nofollow/off: whether merged dirs may move; redirects already in
 		 * the layers are always followed. */
@@ -334,6 +345,7 @@ int sfs_parse_args(int argc, char **argv, struct sfs_config *c)
 	c->threaded = true;
 	c->fsync = true;
 	c->passthrough = 1;
+	c->passthrough_lower = true;
 	/* The default data path can come from the environment (a whole test suite, or a
 	 * runtime that cannot pass options, with passthrough off); -o passthrough= wins. */
 	if (getenv("STRATAFS_PASSTHROUGH")) {

@@ -52,19 +52,32 @@ pytestmark = [
 
 
 def test_reads_and_writes_bypass_the_daemon(tdir):
-    """Upper files (created, or copied up) pass through on a writable mount; lower files
-    take the cached path there (a copy-up while they are open would need a second backing
-    file); on a read-only mount every directory-layer file passes through."""
+    """Every directory-layer file passes through on a writable mount: lower files, created
+    files and copied-up ones; with passthrough_lower=0 lower files take the cached path
+    (and upper ones still pass through); on a read-only mount every directory-layer file
+    passes through."""
     if not kernel_has_passthrough():
         pytest.skip("kernel without FUSE passthrough")
     lower, upper, work, mnt, data = stack(tdir)
-    with mount(mnt, [lower], upper, work, "passthrough=on"):
-        assert stats(mnt)["passthrough"] == "on"
+    with mount(mnt, [lower], upper, work, "passthrough=on,passthrough_lower=0"):
         s0 = stats(mnt)
         assert (mnt / "big").read_bytes() == data      # lower file: through the daemon
         s1 = stats(mnt)
         assert s1["read_requests"] > s0["read_requests"]
         assert s1["passthrough_opens"] == s0["passthrough_opens"]
+        (mnt / "up").write_bytes(b"u" * MiB)
+        assert (mnt / "up").read_bytes() == b"u" * MiB
+        s2 = stats(mnt)
+        assert s2["read_requests"] == s1["read_requests"], s2
+        assert s2["write_requests"] == s1["write_requests"], s2
+    (upper / "up").unlink()
+    with mount(mnt, [lower], upper, work, "passthrough=on"):
+        assert stats(mnt)["passthrough"] == "on"
+        s0 = stats(mnt)
+        assert (mnt / "big").read_bytes() == data      # lower file: passed through
+        s1 = stats(mnt)
+        assert s1["read_requests"] == s0["read_requests"], s1
+        assert s1["passthrough_opens"] == s0["passthrough_opens"] + 1
         with open(mnt / "big", "r+b") as f:            # copy-up, then writes pass through
             f.seek(5 * MiB)
             f.write(b"x" * MiB)
@@ -231,22 +244,98 @@ def test_backing_files_are_released(tdir):
 
 
 def test_write_open_while_lower_open_readonly(tdir):
-    """A lower file open read-only while another open copies it up and writes: the
-    read-only fd then reads the copy (as the kernel overlay's files do since 4.19), with
-    passthrough on and off alike -- lower files of a writable mount never pass through, so
-    the copy never needs a second backing file for one inode."""
+    """A lower file open read-only while another open copies it up and writes.  With
+    passthrough_lower=0 or passthrough off, the read-only fd then reads the copy (as the
+    kernel overlay's files do since 4.19).  With lower files passed through (the default
+    as root) the old fd keeps reading the lower file, as on fuse-overlayfs: the copy is a
+    new inode, which the writer, every later open and stat() see.  Either way the writer
+    never fails and the lower layer is never written."""
     lower, upper, work, mnt, data = stack(tdir, size=MiB)
-    for opt in ("passthrough=auto", "passthrough=off"):
+    modes = [("passthrough=auto,passthrough_lower=0", True), ("passthrough=off", True)]
+    if kernel_has_passthrough():
+        modes.append(("passthrough=on", False))
+    for opt, follows in modes:
         for p in upper.iterdir():
             p.unlink()
         with mount(mnt, [lower], upper, work, opt):
             with open(mnt / "big", "rb", buffering=0) as ro:
                 assert ro.read(1) == data[:1]
+                ino = os.fstat(ro.fileno()).st_ino
                 with open(mnt / "big", "r+b") as rw:
                     rw.write(b"W")
                     rw.flush()
                     with open(mnt / "big", "rb") as ro2:
                         assert ro2.read(2) == b"W" + data[1:2]
+                    os.truncate(mnt / "big", MiB - 10)        # a path call on the copy
+                    assert os.stat(mnt / "big").st_size == MiB - 10
+                    assert os.stat(mnt / "big").st_ino == ino  # one st_ino throughout
                 ro.seek(0)
-                assert ro.read(2) == b"W" + data[1:2]
-            assert (mnt / "big").read_bytes()[:1] == b"W"
+                assert ro.read(2) == (b"W" + data[1:2] if follows else data[:2]), opt
+                assert os.fstat(ro.fileno()).st_size == (MiB - 10 if follows else MiB), opt
+                with open(f"/proc/self/fd/{ro.fileno()}", "rb") as again:
+                    assert again.read(1) == (b"W" if follows else data[:1]), opt
+            assert (mnt / "big").read_bytes() == b"W" + data[1:MiB - 10], opt
+            s = stats(mnt)
+            if not follows:
+                assert s["passthrough_opens"] >= 4, s
+                deadline = time.monotonic() + 10
+                while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert stats(mnt)["backing_files_open"] == 0
+        assert (lower / "big").read_bytes() == data, opt
+        assert (upper / "big").read_bytes() == b"W" + data[1:MiB - 10], opt
+
+
+def test_copy_up_under_concurrent_readers(tdir):
+    """Readers keep opening lower files (passed through, pinning them) while a writer opens
+    each for writing, truncates one by path and chmods another: no call fails (no
+    ETXTBSY, no ESTALE reaches the caller), every later open sees the writes, the lower
+    layer is untouched and no backing file is left registered."""
+    lower, upper, work, mnt, data = stack(tdir, size=256 << 10, seed=5)
+    names = [f"f{i}" for i in range(12)]
+    for n in names:
+        (lower / n).write_bytes(data)
+    with mount(mnt, [lower], upper, work):
+        stop = threading.Event()
+        errors = []
+
+        def reader(k):
+            rng = random.Random(k)
+            while not stop.is_set():
+                try:
+                    with open(mnt / rng.choice(names), "rb") as r:
+                        r.read(4096)
+                        time.sleep(0.001)
+                        os.fstat(r.fileno())
+                except OSError as e:
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        try:
+            for i, n in enumerate(names):
+                if i % 3 == 0:
+                    os.truncate(mnt / n, 1000)
+                elif i % 3 == 1:
+                    os.chmod(mnt / n, 0o600)
+                with open(mnt / n, "r+b") as w:
+                    w.write(n.encode())
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors[:5]
+        for i, n in enumerate(names):
+            body = data[:1000] if i % 3 == 0 else data
+            assert (mnt / n).read_bytes() == n.encode() + body[len(n):], n
+            if i % 3 == 1:
+                assert os.stat(mnt / n).st_mode & 0o777 == 0o600
+        deadline = time.monotonic() + 10
+        while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats(mnt)["backing_files_open"] == 0
+    for n in names:
+        assert (lower / n).read_bytes() == data

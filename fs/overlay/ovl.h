@@ -76,8 +76,12 @@ struct ovl_node {
 	pthread_mutex_t lock;           /* guards listing and the open state below */
 	struct ovl_dir *listing;        /* dirs: merged listing between readdir calls */
 	/* Files, for the FUSE glue: the kernel wants every passthrough open of an inode on
-	 * one backing file, and no cached (non-passthrough) open beside them. */
+	 * one backing file, and no cached (non-passthrough) open beside them.  pt_refs on a
+	 * node that is not in the upper are opens passed through to its LOWER file: a
+	 * copy-up then cannot make this node the upper file (ovl_copy_up_one). */
 	int pt_id, pt_refs, cached_opens;
+	bool copying;                   /* files: a copy-up began (stays set once it
+					 * succeeded): no new opens may pin the lower file */
 	void *reader;                   /* the glue's shared read handle when the kernel
 					 * does not open files (read-only mounts) */
 	dev_t pt_dev;

@@ -248,6 +248,7 @@ static int ovl_copy_up_one(struct ovl_fs *fs, struct ovl_node *n)
 	char path[PATH_MAX], ppath[PATH_MAX], tmp[64];
 	struct ovl_lent *nl;
 	struct stat st, pst, ust;
+	bool superseded = false;
 	int ret;
 
 	pthread_rwlock_rdlock(&fs->tree_lock);
@@ -274,13 +275,32 @@ static int ovl_copy_up_one(struct ovl_fs *fs, struct ovl_node *n)
 	ovl_restore_times(fs->upper_fd, ppath, &pst);
 	if (fstatat(fs->upper_fd, path, &ust, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
+	/*
+	 * Open files passed through to the lower file pin it to this node (the kernel allows
+	 * one backing file per inode).  Then the copy is not this node's but a new one's: the
+	 * name leaves this node, which keeps serving its open files from the lower layer as
+	 * a removed lower file does, and ESTALE makes the kernel look the name up again (the
+	 * VFS retries path-based calls once) and find the copy as a new inode.
+	 */
+	if (S_ISREG(st.st_mode)) {
+		pthread_mutex_lock(&n->lock);
+		superseded = n->pt_refs > 0;
+		pthread_mutex_unlock(&n->lock);
+	}
 	/* Like the kernel without index=on: a copied-up hard link is a new inode. */
 	if (S_ISDIR(st.st_mode) || st.st_nlink <= 1)
 		ovl_ino_remember(fs, ust.st_ino, n->ino);
-	else
+	else if (!superseded)
 		n->ino = ovl_ino_for(fs, 0, ust.st_dev, ust.st_ino);
 
 	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (superseded) {
+		ovl_node_unhash(fs, n);
+		n->gone = 1;
+		__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);   /* listings name the old node */
+		pthread_rwlock_unlock(&fs->tree_lock);
+		return -ESTALE;
+	}
 	nl = calloc(n->nlent + 1, sizeof(*nl));
 	if (nl) {
 		nl[0].layer = 0;
@@ -318,5 +338,16 @@ int ovl_copy_up(struct ovl_fs *fs, struct ovl_node *n)
 		if (ret)
 			return ret;
 	}
-	return ovl_copy_up_one(fs, n);
+	if (!S_ISREG(n->type))
+		return ovl_copy_up_one(fs, n);
+	pthread_mutex_lock(&n->lock);
+	n->copying = true;
+	pthread_mutex_unlock(&n->lock);
+	ret = ovl_copy_up_one(fs, n);
+	if (ret) {
+		pthread_mutex_lock(&n->lock);
+		n->copying = false;
+		pthread_mutex_unlock(&n->lock);
+	}
+	return ret;
 }

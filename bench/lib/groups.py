@@ -47,7 +47,7 @@ def count_steps(ctx, groups):
     comps = ["lz4"] if ctx.quick else SQUASH_COMPS_FULL
     n += 3 * len(comps) if "squash" in groups else 0
     n += 3 if "import" in groups else 0
-    n += len(ctx.systems) * (("latfs" in groups) + ("sshfs" in groups))
+    n += len(netfs_systems(ctx)) * (("latfs" in groups) + ("sshfs" in groups))
     return n
 
 
@@ -203,6 +203,11 @@ def run_import(ctx, add):
 # ---------------------------------------------------------------------------------------------
 # network / parallel-FS stand-ins
 
+def netfs_systems(ctx):
+    """The systems the network/latency groups mount (not the fs-group-only variants)."""
+    return [s for s in ctx.systems if not getattr(s, "fs_only", False)]
+
+
 def _kind(system):
     return "flat dir" if system.key == "native" else (
         "image" if system.kind == "image" else "dirs")
@@ -247,7 +252,7 @@ def _netfs_runs(ctx, add, backend, mount_storage, counts):
     runs = ctx.runs_arg or (1 if ctx.quick else 3)
     ctx.netfs_backends.append(backend)
     smnt = os.path.join(ctx.root, backend + "-mnt")
-    for s in ctx.systems:
+    for s in netfs_systems(ctx):
         ctx.progress.step += 1
         ctx.progress.update("%s · %s" % (backend, s.key))
         samples, imports, extra = [], [], {}
@@ -384,7 +389,7 @@ def run_sshfs(ctx, add, src):
         ssh_opts = _start_sshd(ctx, d)
     except NA as e:
         ctx.netfs_backends.append("sshfs")
-        for s in ctx.systems:
+        for s in netfs_systems(ctx):
             add(ctx, "netfs", "sshfs", s, reason=str(e), kind=_kind(s))
         return
     opts = ",".join(o for o in ssh_opts if o != "-o")

@@ -143,14 +143,23 @@ class StratafsDir(System):
     key, label = "stratafs", "stratafs (dirs)"
     strata = True
     needs = (stratafs_bin,)
+    extra_opts = ""
 
     def mount(self, ctx, src, base):
         up, wk, mnt = _dirs(base)
         m = Mount(ctx, mnt)
-        opts = "lowerdir=%s,upperdir=%s,workdir=%s" % (":".join(src.layers), up, wk)
+        opts = "lowerdir=%s,upperdir=%s,workdir=%s%s" % (":".join(src.layers), up, wk,
+                                                        self.extra_opts)
         fuse_mount(ctx, m, [stratafs_bin(ctx), "-o", opts, mnt], mnt,
                    os.path.join(base, "stratafs.log"))
         return m
+
+
+class StratafsDirNoPassthrough(StratafsDir):
+    """The same with the kernel passthrough off: every READ/WRITE through the daemon."""
+    key, label = "stratafs-nopt", "stratafs (dirs, passthrough=off)"
+    extra_opts = ",passthrough=off"
+    fs_only = True              # the network/latency groups compare metadata, not data paths
 
 
 class KernelSquashfs(System):
@@ -236,6 +245,7 @@ class StratafsImageRO(System):
         return m
 
 
-ALL = [Native(), KernelOverlay(), FuseOverlayfs(), StratafsDir(), KernelSquashfs(),
+ALL = [Native(), KernelOverlay(), FuseOverlayfs(), StratafsDir(), StratafsDirNoPassthrough(),
+       KernelSquashfs(),
        KernelSquashOverlay(), SquashfuseLL(), SquashfuseFovl(), StratafsImage(),
        StratafsImageRO()]

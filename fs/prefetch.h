@@ -3,8 +3,9 @@
  * Read-ahead across small files of image layers: once a program reads a small file of a
  * directory that readdirplus listed, the next few small image files of that directory are
  * decompressed and stored in the kernel's page cache (FUSE_NOTIFY_STORE) by one background
- * thread, so reading a tree file by file costs one READ round trip per batch instead of one
- * per file.  A file's data is pushed at most once, never after a write began on it.
+ * thread, so reading a tree file by file costs no READ round trip for most files.  While
+ * the mount is being read that way, a directory listed next is pushed before any READ.
+ * A file's data is pushed at most once, never after a write began on it.
  */
 #ifndef STRATA_PREFETCH_H
 #define STRATA_PREFETCH_H

@@ -27,6 +27,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -461,6 +462,26 @@ def test_copy_up_from_image(tdir):
     assert_same(ku, iu, "upper dir after copy-ups")
 
 
+def cached_bytes(paths):
+    """Bytes of each file in the kernel's page cache (fincore: mincore(2) on a mapping,
+    which reads nothing)."""
+    out = subprocess.run(["fincore", "-b", "-n", "-r", "-o", "RES"] + [str(p) for p in paths],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+def wait_cached(paths, timeout=10.0):
+    """Wait until every file is whole in the page cache (the read-ahead thread works at its
+    own pace: how fast is for bench/, not for a test); True if they got there."""
+    end = time.monotonic() + timeout
+    while True:
+        if all(c >= os.path.getsize(p) for c, p in zip(cached_bytes(paths), paths)):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+
+
 @need_stratafs
 def test_small_files_are_read_ahead(tdir):
     """Small files of an image directory read one by one: after a READ the daemon pushes
@@ -477,6 +498,8 @@ def test_small_files_are_read_ahead(tdir):
     with stratafs(ro, [img]):
         os.listdir(ro / "d")
         r0 = union.daemon_stats(ro)["read_requests"]
+        assert (ro / "d/f000").read_bytes() == files["d/f000"]      # starts the pushes
+        wait_cached([ro / p for p in files])
         for p, d in files.items():
             assert (ro / p).read_bytes() == d, p
         reads = union.daemon_stats(ro)["read_requests"] - r0
@@ -516,6 +539,69 @@ def test_small_files_are_read_ahead(tdir):
         check(mnt)
     with stratafs(mnt, [img], upper, work):
         check(mnt)
+
+
+@need_stratafs
+def test_listed_dirs_are_read_ahead_while_reading(tdir):
+    """Once files are being read, a directory listed next is pushed before any of its
+    files is read (a tree read file by file then costs no READ per directory either).  A
+    listing with no reads around it pushes nothing: a walk that only stats stays cheap."""
+    rnd = random.Random(12)
+    files = {"%s/f%03d" % (d, i): rnd.randbytes(rnd.randint(1, 20000))
+             for d in ("idle", "a", "next") for i in range(100)}
+    src = tdir / "src"
+    union.build_layer(src, [E(p, data=d) for p, d in files.items()])
+    img = _sqfs.mksquashfs(str(src), str(tdir / "l.sqfs"))
+    mnt = tdir / "m"
+    idle = [mnt / p for p in files if p.startswith("idle/")]
+    nxt = [mnt / p for p in files if p.startswith("next/")]
+    with stratafs(mnt, [img]):
+        os.listdir(mnt / "idle")
+        time.sleep(0.5)
+        assert sum(cached_bytes(idle)) == 0
+        assert (mnt / "a/f000").read_bytes() == files["a/f000"]
+        os.listdir(mnt / "next")
+        assert wait_cached(nxt), cached_bytes(nxt)
+        r0 = union.daemon_stats(mnt)["read_requests"]
+        for p in nxt:
+            assert p.read_bytes() == files[str(p.relative_to(mnt))], p
+        assert union.daemon_stats(mnt)["read_requests"] == r0
+        assert sum(cached_bytes(idle)) == 0
+
+
+@need_stratafs
+def test_image_lookups_in_any_order(tdir):
+    """Names looked up in listing order resume where the last lookup in that directory
+    stopped; out of order, absent, repeated and indexed (big directory) names must find
+    exactly what the kernel's squashfs finds."""
+    rnd = random.Random(13)
+    names = ["n%05d_%s" % (i, "x" * rnd.randrange(0, 40)) for i in range(3000)]
+    ents = [E("big/" + n, data=b"%d" % i) for i, n in enumerate(names)]
+    ents += [E("small/%c" % c, data=c.encode() * 3) for c in "acegikmoqsuwy"]
+    ents += [E("big/sub%02d" % i, "d") for i in range(0, 100, 7)]
+    src = tdir / "src"
+    union.build_layer(src, ents)
+    img = _sqfs.mksquashfs(str(src), str(tdir / "l.sqfs"))
+    probe = [("big", n) for n in names[::37]] + [("small", c) for c in "abcdegxyz"]
+    probe += [("big", n + "!") for n in names[100:3000:301]] + [("big", "sub07")]
+    orders = [sorted(probe), sorted(probe, reverse=True), rnd.sample(probe, len(probe)),
+              sorted(probe + probe)]
+
+    def look(root, order):
+        out = []
+        for d, n in order:
+            try:
+                st = os.lstat(os.path.join(root, d, n))
+                out.append((d, n, stat.S_IFMT(st.st_mode), st.st_size))
+            except FileNotFoundError:
+                out.append((d, n, None, None))
+        return out
+
+    with _sqfs.kernel_mount(img, tdir / "k") as k:
+        want = [look(k, o) for o in orders]
+    for o, w in zip(orders, want):                  # a fresh mount: nothing cached
+        with stratafs(tdir / "m", [img]) as m:
+            assert look(m.path(), o) == w
 
 
 @need_stratafs

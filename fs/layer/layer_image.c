@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@ struct layer_file {
 struct img {
 	struct sqfs_reader *r;
 	struct layer *l;
+	pthread_mutex_t cur_lock;   /* readdirplus looks names up in listing order */
+	struct sqfs_cursor *cur;
 };
 
 static struct sqfs_reader *img_reader(struct layer *l)
@@ -60,12 +63,18 @@ static int img_getattr(struct layer *l, const struct lnode *n, struct stat *st)
 static int img_lookup(struct layer *l, const struct lnode *dir, const char *name,
 		      struct lnode *child, struct stat *st)
 {
+	struct img *im = l->priv;
 	struct sqfs_inode d, ino;
 	int ret = img_inode(l, dir, &d);
 
 	if (ret)
 		return ret;
-	ret = sqfs_lookup_inode(img_reader(l), &d, name, strlen(name), &ino);
+	if (pthread_mutex_trylock(&im->cur_lock) == 0) {
+		ret = sqfs_lookup_inode_at(im->r, &d, name, strlen(name), &ino, im->cur);
+		pthread_mutex_unlock(&im->cur_lock);
+	} else {
+		ret = sqfs_lookup_inode(im->r, &d, name, strlen(name), &ino);
+	}
 	if (ret)
 		return ret;
 	child->ref = ino.ref;
@@ -209,6 +218,8 @@ static void img_destroy(struct layer *l)
 
 	if (im) {
 		sqfs_close(im->r);
+		sqfs_cursor_free(im->cur);
+		pthread_mutex_destroy(&im->cur_lock);
 		free(im);
 	}
 	free(l->spec);
@@ -248,7 +259,9 @@ struct layer *layer_image_open_cache(const char *path, int index, size_t cache_b
 	struct stat st;
 	int ret;
 
-	if (!l || !im || !(l->spec = strdup(path))) {
+	if (im)
+		pthread_mutex_init(&im->cur_lock, NULL);
+	if (!l || !im || !(l->spec = strdup(path)) || !(im->cur = sqfs_cursor_new())) {
 		snprintf(err, errlen, "layer '%s': out of memory", path);
 		goto fail;
 	}

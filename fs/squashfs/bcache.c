@@ -6,6 +6,7 @@
 #include "squashfs/bcache.h"
 
 #define BC_SHARDS 16
+#define BC_MIN_PER_SHARD 8      /* typical entries: fewer and one shard evicts too soon */
 
 struct bc_shard {
 	pthread_mutex_t lock;
@@ -17,6 +18,7 @@ struct bc_shard {
 };
 
 struct bcache {
+	unsigned nshards;       /* a power of two <= BC_SHARDS */
 	struct bc_shard shard[BC_SHARDS];
 };
 
@@ -30,21 +32,25 @@ static inline uint64_t bc_hash(uint64_t k)
 
 static struct bc_shard *bc_shard_of(struct bcache *c, uint64_t h)
 {
-	return &c->shard[h % BC_SHARDS];
+	return &c->shard[h & (c->nshards - 1)];
 }
 
 struct bcache *bc_create(size_t max_bytes, size_t typical_entry)
 {
 	struct bcache *c = calloc(1, sizeof(*c));
-	size_t per = max_bytes / BC_SHARDS, nb = 64;
+	size_t per, nb = 64;
 
 	if (!c)
 		return NULL;
 	if (typical_entry == 0)
 		typical_entry = 4096;
+	c->nshards = BC_SHARDS;
+	while (c->nshards > 1 && max_bytes / c->nshards < BC_MIN_PER_SHARD * typical_entry)
+		c->nshards >>= 1;
+	per = max_bytes / c->nshards;
 	while (nb < per / typical_entry && nb < (1u << 20))
 		nb <<= 1;
-	for (int i = 0; i < BC_SHARDS; i++) {
+	for (unsigned i = 0; i < c->nshards; i++) {
 		struct bc_shard *s = &c->shard[i];
 
 		pthread_mutex_init(&s->lock, NULL);
@@ -174,7 +180,7 @@ struct bc_entry *bc_insert(struct bcache *c, struct bc_entry *e)
 void bc_stats(struct bcache *c, uint64_t *hits, uint64_t *misses)
 {
 	*hits = *misses = 0;
-	for (int i = 0; i < BC_SHARDS; i++) {
+	for (unsigned i = 0; i < c->nshards; i++) {
 		pthread_mutex_lock(&c->shard[i].lock);
 		*hits += c->shard[i].hits;
 		*misses += c->shard[i].misses;
@@ -186,7 +192,7 @@ void bc_destroy(struct bcache *c)
 {
 	if (!c)
 		return;
-	for (int i = 0; i < BC_SHARDS; i++) {
+	for (unsigned i = 0; i < c->nshards; i++) {
 		struct bc_shard *s = &c->shard[i];
 
 		if (s->buckets) {

@@ -519,7 +519,7 @@ static void fill_info(struct sqfs_reader *r)
 static int reader_init(struct sqfs_reader *r, const struct sqfs_reader_opts *o,
 		       char *err, size_t errlen)
 {
-	size_t dbytes = o && o->data_cache_bytes ? o->data_cache_bytes : SQFS_DEFAULT_DATA_CACHE;
+	size_t dbytes = o && o->data_cache_bytes ? o->data_cache_bytes : 0;
 	size_t mbytes = o && o->meta_cache_bytes ? o->meta_cache_bytes : SQFS_DEFAULT_META_CACHE;
 	struct sqfs_inode root;
 	struct stat st;
@@ -545,7 +545,8 @@ static int reader_init(struct sqfs_reader *r, const struct sqfs_reader_opts *o,
 	r->dir_end = dir_table_end(&r->sb);
 	r->ctx_buf = r->sb.block_size > SQFS_META_MAX_DISK ? r->sb.block_size : SQFS_META_MAX_DISK;
 	r->meta = bc_create(mbytes, SQFS_META_SIZE);
-	r->data = bc_create(dbytes, r->sb.block_size);
+	r->data = bc_create(dbytes ? dbytes : (size_t)SQFS_DEFAULT_DATA_BLOCKS * r->sb.block_size,
+			    r->sb.block_size);
 	if (!r->meta || !r->data)
 		return snprintf(err, errlen, "out of memory"), -ENOMEM;
 	ret = load_tables(r, err, errlen);
@@ -1029,8 +1030,46 @@ static int walk_seek(struct sqfs_reader *r, const struct sqfs_inode *dir, struct
 	return ret;
 }
 
-int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
-		size_t len, uint64_t *ref)
+struct sqfs_cursor {
+	uint64_t dir;               /* the directory's inode reference + 1; 0 = empty */
+	struct dir_walk at;         /* just after that entry (holding no block) */
+	size_t len;
+	char name[SQFS_NAME_MAX + 1];   /* the entry */
+};
+
+struct sqfs_cursor *sqfs_cursor_new(void)
+{
+	return calloc(1, sizeof(struct sqfs_cursor));
+}
+
+void sqfs_cursor_free(struct sqfs_cursor *c)
+{
+	free(c);
+}
+
+/* Start the scan for name at *c instead, if c is in dir, before name and past w. */
+static void cursor_resume(const struct sqfs_inode *dir, struct dir_walk *w, const char *name,
+			  size_t len, const struct sqfs_cursor *c)
+{
+	if (c && c->dir == dir->ref + 1 && c->at.left < w->left &&
+	    name_cmp(c->name, c->len, name, len) < 0)
+		*w = c->at;
+}
+
+static void cursor_save(const struct sqfs_inode *dir, const struct dir_walk *w,
+			const struct dir_ent *e, struct sqfs_cursor *c)
+{
+	if (!c)
+		return;
+	c->dir = dir->ref + 1;
+	c->at = *w;
+	c->at.hold = NULL;
+	c->len = e->len;
+	memcpy(c->name, e->name, e->len + 1);
+}
+
+static int lookup_at(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+		     size_t len, uint64_t *ref, struct sqfs_cursor *c)
 {
 	struct dir_walk w;
 	struct dir_ent e;
@@ -1042,14 +1081,17 @@ int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char 
 		return len ? -ENAMETOOLONG : -ENOENT;
 	walk_init(r, dir, &w);
 	ret = walk_seek(r, dir, &w, name, len);
+	if (!ret)
+		cursor_resume(dir, &w, name, len, c);
 	while (!ret && (ret = walk_next(r, &w, &e)) == 1) {
-		int c = name_cmp(e.name, e.len, name, len);
+		int cmp = name_cmp(e.name, e.len, name, len);
 
-		if (c == 0) {
+		if (cmp == 0) {
 			*ref = e.ref;
+			cursor_save(dir, &w, &e, c);
 			break;
 		}
-		ret = c > 0 ? -ENOENT : 0;
+		ret = cmp > 0 ? -ENOENT : 0;
 	}
 	walk_done(&w);
 	if (ret == 1)
@@ -1057,11 +1099,17 @@ int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char 
 	return ret < 0 ? ret : -ENOENT;
 }
 
-int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
-		      size_t len, struct sqfs_inode *child)
+int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+		size_t len, uint64_t *ref)
+{
+	return lookup_at(r, dir, name, len, ref, NULL);
+}
+
+int sqfs_lookup_inode_at(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+			 size_t len, struct sqfs_inode *child, struct sqfs_cursor *c)
 {
 	uint64_t ref;
-	int ret = sqfs_lookup(r, dir, name, len, &ref);
+	int ret = lookup_at(r, dir, name, len, &ref, c);
 
 	if (!ret)
 		ret = sqfs_read_inode(r, ref, child);
@@ -1069,6 +1117,12 @@ int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const
 		ret = rd_bad(r, r->sb.inode_table_start + SQFS_REF_BLOCK(ref),
 			     "directory's parent does not match where it is listed");
 	return ret;
+}
+
+int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+		      size_t len, struct sqfs_inode *child)
+{
+	return sqfs_lookup_inode_at(r, dir, name, len, child, NULL);
 }
 
 int sqfs_export_lookup(struct sqfs_reader *r, uint32_t ino, uint64_t *ref)
@@ -1108,19 +1162,29 @@ ssize_t sqfs_readlink(struct sqfs_reader *r, const struct sqfs_inode *ino,
 
 /* ---- file data ---------------------------------------------------------------------- */
 
+static int data_check(struct sqfs_reader *r, uint64_t off, uint32_t word)
+{
+	if (SQFS_BLOCK_SIZE(word) > r->sb.block_size || off > r->size ||
+	    SQFS_BLOCK_SIZE(word) > r->size - off)
+		return rd_bad(r, off, "data block outside the image");
+	return 0;
+}
+
 /* The decompressed data or fragment block at `off` described by size word `word`. */
 static int data_get(struct sqfs_reader *r, uint64_t off, uint32_t word, struct bc_entry **out)
 {
 	uint32_t bs = r->sb.block_size;
 	struct bc_entry *e = bc_get(r->data, off);
 	ssize_t n;
+	int ret;
 
 	if (e) {
 		*out = e;
 		return 0;
 	}
-	if (SQFS_BLOCK_SIZE(word) > bs || off > r->size || SQFS_BLOCK_SIZE(word) > r->size - off)
-		return rd_bad(r, off, "data block outside the image");
+	ret = data_check(r, off, word);
+	if (ret)
+		return ret;
 	e = bc_alloc(bs);
 	if (!e)
 		return -ENOMEM;
@@ -1222,12 +1286,29 @@ void sqfs_file_close(struct sqfs_file *f)
 	free(f);
 }
 
+/* A whole data block decompressed straight into dst[expect].  Caching it would cost a
+ * copy and fresh memory (page faults) for a block that a sequential reader -- and the
+ * kernel's page cache above us -- never asks for again. */
+static int block_direct(struct sqfs_reader *r, uint64_t off, uint32_t word, void *dst,
+			uint32_t expect)
+{
+	ssize_t n;
+	int ret = data_check(r, off, word);
+
+	if (ret)
+		return ret;
+	n = rd_block(r, off, SQFS_BLOCK_SIZE(word), SQFS_BLOCK_IS_RAW(word), dst, expect);
+	if (n < 0)
+		return n;
+	return n == expect ? 0 : rd_bad(r, off, "data block has the wrong size");
+}
+
 /* Copy [in, in+len) of full data block bi. */
 static int file_block(struct sqfs_file *f, uint64_t bi, uint32_t in, void *dst, size_t len)
 {
 	struct sqfs_reader *r = f->r;
 	uint32_t bs = r->sb.block_size, expect = bs;
-	struct bc_entry *e;
+	struct bc_entry *e = NULL;
 	int ret;
 
 	if (bi == f->ino.file.nblocks - 1 && f->ino.file.frag == SQFS_INVALID_FRAG &&
@@ -1237,8 +1318,9 @@ static int file_block(struct sqfs_file *f, uint64_t bi, uint32_t in, void *dst, 
 		memset(dst, 0, len);
 		return 0;
 	}
-	ret = data_get(r, f->start[bi], f->word[bi], &e);
-	if (ret)
+	if (in == 0 && len == expect && !(e = bc_get(r->data, f->start[bi])))
+		return block_direct(r, f->start[bi], f->word[bi], dst, expect);
+	if (!e && (ret = data_get(r, f->start[bi], f->word[bi], &e)))
 		return ret;
 	if (e->len != expect)
 		ret = rd_bad(r, f->start[bi], "data block has the wrong size");

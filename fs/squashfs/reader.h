@@ -31,14 +31,19 @@
 struct sqfs_reader;
 
 struct sqfs_reader_opts {
-	size_t data_cache_bytes;   /* bound for decompressed data/fragment blocks; 0 = default */
+	size_t data_cache_bytes;   /* bound for decompressed data/fragment blocks; 0 = default
+				    * (SQFS_DEFAULT_DATA_BLOCKS blocks) */
 	size_t meta_cache_bytes;   /* bound for decompressed metadata blocks; 0 = default */
 	/* Where corruption reports go (one line each, no newline); NULL = stderr. */
 	void (*log)(void *ctx, const char *msg);
 	void *log_ctx;
 };
 
-#define SQFS_DEFAULT_DATA_CACHE  (64u << 20)
+/* Whole data blocks read into the caller's buffer bypass the data cache, so it holds
+ * fragment blocks and partly read blocks: a few dozen keep what neighbouring reads share
+ * (4 MiB at the usual 128 KiB blocks), and every MiB more is fresh memory that costs a
+ * page fault per page to fill before it pays back. */
+#define SQFS_DEFAULT_DATA_BLOCKS 32
 #define SQFS_DEFAULT_META_CACHE  (16u << 20)
 
 /* Where a run of bytes in a metadata table starts: the disk offset of the metadata block
@@ -135,6 +140,16 @@ int sqfs_lookup(struct sqfs_reader *r, const struct sqfs_inode *dir, const char 
  * a directory cycle. */
 int sqfs_lookup_inode(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
 		      size_t len, struct sqfs_inode *child);
+/* Where the last successful lookup in a directory ended.  Names looked up in listing
+ * order (as readdirplus does) then cost one entry each instead of a scan from the nearest
+ * directory index point.  One user at a time, with one reader. */
+struct sqfs_cursor;
+struct sqfs_cursor *sqfs_cursor_new(void);
+void sqfs_cursor_free(struct sqfs_cursor *c);
+/* sqfs_lookup_inode() starting at *c when name sorts after c's name and c is further on
+ * than the index; *c is updated on success.  c may be NULL. */
+int sqfs_lookup_inode_at(struct sqfs_reader *r, const struct sqfs_inode *dir, const char *name,
+			 size_t len, struct sqfs_inode *child, struct sqfs_cursor *c);
 /* Find an inode by number through the export table: -EOPNOTSUPP without one. */
 int sqfs_export_lookup(struct sqfs_reader *r, uint32_t ino, uint64_t *ref);
 

@@ -305,6 +305,34 @@ def test_reproducible_across_runs_and_threads(tdir):
     assert all(b == imgs[0] for b in imgs)
 
 
+def test_zstd_default_level(tdir):
+    """zstd's default is level 14 (mksquashfs's is 15): plain libzstd level 14, recorded in
+    the compressor options, the same bytes at any thread count, and read back by
+    unsquashfs; 15 is the one level stored without options."""
+    src = build(tdir, every_kind_entries(seed=12))
+    imgs = {}
+    for name, opts in [("default1", ["--threads", "1"]), ("default2", ["--threads", "2"]),
+                       ("l14", ["--threads", "2", "--level", "14"]),
+                       ("l15", ["--threads", "2", "--level", "15"])]:
+        imgs[name] = tdir / f"{name}.sqfs"
+        squash(imgs[name], src, opts=["--comp", "zstd"] + opts)
+    data = {k: v.read_bytes() for k, v in imgs.items()}
+    assert data["default1"] == data["default2"] == data["l14"]
+    assert data["l15"] != data["l14"]
+
+    def stat(img):
+        return subprocess.run(["unsquashfs", "-s", str(img)], capture_output=True,
+                              text=True, check=True).stdout
+    assert "compression-level 14" in stat(imgs["default1"])
+    assert "compression-level" not in stat(imgs["l15"])
+
+    def flags(img):
+        return json.loads(mkimage("inspect", "--json", img).stdout)["flags"]
+    assert "compressor-options" in flags(imgs["default1"])
+    assert "compressor-options" not in flags(imgs["l15"])
+    assert_same(view(src), view(unsquashfs(imgs["default1"], tdir / "x")))
+
+
 def test_mtime_and_source_date_epoch(tdir):
     src = build(tdir, every_kind_entries(seed=7)[:20])
     a, b = tdir / "a.sqfs", tdir / "b.sqfs"

@@ -818,7 +818,10 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		p += len;
 		rem -= len;
 	}
-	if (i >= l->n + 2 && !err)
+	/* The listing goes with the reply that says "end" (no entries), not with the one that
+	 * hands out the last entries: the kernel asks once more at the end offset, and that
+	 * call must not rebuild the merged listing just to find nothing after it. */
+	if (i >= l->n + 2 && !err && p == buf)
 		sfs_listing_done(dir);
 	pthread_mutex_unlock(&dir->lock);
 	if (err && p == buf)

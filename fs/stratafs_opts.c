@@ -242,15 +242,20 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 		c->o.noxattrs = (int)v;
 		return 0;
 	}
-	if ((KEY("fsync") || KEY("threaded") || KEY("writeback")) && val) {
+	if (KEY("passthrough_lower") && !val)
+		return (c->passthrough_lower = true), 0;
+	if ((KEY("fsync") || KEY("threaded") || KEY("writeback") || KEY("passthrough_lower")) &&
+	    val) {
 		if (sfs_num(opt, val, 0, 1, &v))
 			return -EINVAL;
 		if (KEY("fsync"))
 			c->fsync = v;
 		else if (KEY("threaded"))
 			c->threaded = v;
-		else
+		else if (KEY("writeback"))
 			c->writeback = v;
+		else
+			c->passthrough_lower = v;
 		return 0;
 	}
 	if (KEY("timeout") && val) {
@@ -276,15 +281,6 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 				val);
 			return -EINVAL;
 		}
-		return 0;
-	}
-	if (KEY("passthrough_lower")) {
-		if (val && strcmp(val, "0") && strcmp(val, "1")) {
-			fprintf(stderr, "stratafs: option passthrough_lower='%s': expected 0 or 1\n",
-				val);
-			return -EINVAL;
-		}
-		c->passthrough_lower = !val || !strcmp(val, "1");
 		return 0;
 	}
 	if (KEY("redirect_dir") && val) {

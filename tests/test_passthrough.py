@@ -39,6 +39,15 @@ def mount(mnt, lowers, upper, work, *opts):
     return union.FuseMount(mnt, lowers, upper, work, list(opts))
 
 
+def backing_released(mnt, timeout=10):
+    """The daemon's stats once no backing file is registered, or when timeout runs out:
+    RELEASE reaches the daemon after close() returns."""
+    deadline = time.monotonic() + timeout
+    while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stats(mnt)
+
+
 def kernel_has_passthrough():
     r = subprocess.run([union.impl_bin(), "-o", "lowerdir=/,passthrough=on", "/nonexistent"],
                        capture_output=True, text=True)
@@ -234,11 +243,7 @@ def test_backing_files_are_released(tdir):
                 f.read()
             with open(mnt / f"f{i % 7}", "ab") as f:
                 f.write(b"x")
-        # RELEASE reaches the daemon after close() returns: give it a moment.
-        deadline = time.monotonic() + 10
-        while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        s = stats(mnt)
+        s = backing_released(mnt)
         assert s["backing_files_open"] == 0, s
         assert s["passthrough_opens"] >= 1000
 
@@ -278,10 +283,7 @@ def test_write_open_while_lower_open_readonly(tdir):
             s = stats(mnt)
             if not follows:
                 assert s["passthrough_opens"] >= 4, s
-                deadline = time.monotonic() + 10
-                while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert stats(mnt)["backing_files_open"] == 0
+                assert backing_released(mnt)["backing_files_open"] == 0
         assert (lower / "big").read_bytes() == data, opt
         assert (upper / "big").read_bytes() == b"W" + data[1:MiB - 10], opt
 
@@ -333,9 +335,6 @@ def test_copy_up_under_concurrent_readers(tdir):
             assert (mnt / n).read_bytes() == n.encode() + body[len(n):], n
             if i % 3 == 1:
                 assert os.stat(mnt / n).st_mode & 0o777 == 0o600
-        deadline = time.monotonic() + 10
-        while stats(mnt)["backing_files_open"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stats(mnt)["backing_files_open"] == 0
+        assert backing_released(mnt)["backing_files_open"] == 0
     for n in names:
         assert (lower / n).read_bytes() == data

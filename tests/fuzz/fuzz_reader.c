@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * libFuzzer target over the SquashFS reader: the input is an image.  Open it, walk the
- * whole tree (bounded), look every name up again, read files (head and tail), symlinks,
- * xattrs and the export table.  Errors are expected; crashes, leaks, UB and hangs are not.
+ * whole tree (bounded), look every name up again (from the index, and through a cursor in
+ * listing order as readdirplus does, with one lookup out of order), read files (head and
+ * tail), symlinks, xattrs and the export table.  Errors are expected; crashes, leaks, UB and hangs are not.
  * Build and run: make fuzz [FUZZ_SECONDS=60].
  */
 #include <errno.h>
@@ -23,6 +24,9 @@ struct fz {
 	int entries;
 	int depth;
 	const struct sqfs_inode *dir;
+	struct sqfs_cursor *cur;	/* the current directory's listing-order cursor */
+	char first[256];		/* its first name, looked up again out of order */
+	size_t first_len;
 };
 
 static void quiet(void *ctx, const char *msg)
@@ -74,6 +78,14 @@ static int fz_entry(void *ctx, const char *name, size_t len, unsigned type, uint
 		return 1;
 	sqfs_lookup(z->r, z->dir, name, len, &r2);
 	sqfs_lookup_inode(z->r, z->dir, name, len, &ino);
+	sqfs_lookup_inode_at(z->r, z->dir, name, len, &ino, z->cur);
+	if (!z->first_len && len < sizeof(z->first)) {
+		memcpy(z->first, name, len);
+		z->first_len = len;
+	} else if (z->first_len && z->entries % 7 == 0) {
+		/* behind the cursor: must fall back to the index, not scan on */
+		sqfs_lookup_inode_at(z->r, z->dir, z->first, z->first_len, &ino, z->cur);
+	}
 	sqfs_export_lookup(z->r, nr, &r2);
 	if (sqfs_read_inode(z->r, ref, &ino))
 		return 0;
@@ -91,13 +103,27 @@ static int fz_entry(void *ctx, const char *name, size_t len, unsigned type, uint
 static void fz_dir(struct fz *z, const struct sqfs_inode *dir)
 {
 	const struct sqfs_inode *saved = z->dir;
+	struct sqfs_cursor *saved_cur = z->cur;
+	char saved_first[sizeof(z->first)];
+	size_t saved_len = z->first_len;
+	struct sqfs_inode ino;
 	uint64_t ref;
 
+	memcpy(saved_first, z->first, saved_len);
 	z->dir = dir;
+	z->cur = sqfs_cursor_new();
+	z->first_len = 0;
+	if (!z->cur)
+		abort();
 	z->depth++;
 	sqfs_lookup(z->r, dir, "zzzz", 4, &ref);
 	sqfs_readdir(z->r, dir, fz_entry, z);
+	sqfs_lookup_inode_at(z->r, dir, "zzzz", 4, &ino, z->cur);
 	z->depth--;
+	sqfs_cursor_free(z->cur);
+	z->cur = saved_cur;
+	memcpy(z->first, saved_first, saved_len);
+	z->first_len = saved_len;
 	z->dir = saved;
 }
 

@@ -469,6 +469,21 @@ static bool sfs_pt_eligible(struct sfs *s, const struct sfs_fh *fh)
 	return fh->fd >= 0 && (s->cfg.passthrough_lower || !sfs_fh_lower(s, fh));
 }
 
+/*
+ * A small lower file opened again (an interpreter's modules, a build's headers) reads
+ * from the kernel's page cache instead: a passthrough read makes the kernel drop the
+ * file's cached atime, so every later stat() of it is a GETATTR round trip.  The first
+ * open passes through, so a file read once (a cold scan) costs no READ round trip.
+ * Caller holds n->lock.
+ */
+static bool sfs_pt_cache_small(struct sfs *s, struct ovl_node *n, const struct stat *st)
+{
+	bool again = n->reopened;
+
+	n->reopened = true;
+	return again && st->st_size < s->cfg.passthrough_cache;
+}
+
 static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 {
 	bool lower = sfs_fh_lower(s, fh);
@@ -478,7 +493,7 @@ static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 	fh->node = n;
 	pthread_mutex_lock(&n->lock);
 	if (!s->pt.active || !sfs_pt_eligible(s, fh) || n->cached_opens ||
-	    fstat(fh->fd, &st) < 0) {
+	    fstat(fh->fd, &st) < 0 || (lower && !n->pt_refs && sfs_pt_cache_small(s, n, &st))) {
 		if (n->pt_refs) {
 			ret = -ETXTBSY;
 		} else {

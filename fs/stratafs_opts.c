@@ -16,6 +16,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include "stratafs.h"
+#include "layer/layer_image.h"
 
 static const char *sfs_usage =
 "usage: stratafs [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n"
@@ -42,6 +43,8 @@ static const char *sfs_usage =
 "  passthrough=auto|on|off   kernel FUSE passthrough for directory layers\n"
 "  passthrough_lower=0|1     lower files of a writable mount pass through too (1); with 0\n"
 "                     a file open before its copy-up reads the copy, as on kernel overlayfs\n"
+"  passthrough_cache=SIZE    lower files smaller than SIZE (default 1M) that are opened\n"
+"                     again read from the page cache instead of passing through (0: never)\n"
 "  image_cache=SIZE   decompressed block cache for image layers (e.g. 256M)\n"
 "  context=..., and the usual mount options: allow_other, allow_root, default_permissions,\n"
 "  ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, relatime, ...\n";
@@ -289,6 +292,17 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 		c->o.no_redirect = strcmp(val, "on") != 0 && strcmp(val, "follow") != 0;
 		return 0;
 	}
+	if (KEY("passthrough_cache") && val) {
+		size_t b = 0;
+
+		if (strcmp(val, "0") && layer_parse_size(val, &b)) {
+			fprintf(stderr, "stratafs: option passthrough_cache='%s': expected a size "
+				"like 1M, or 0\n", val);
+			return -EINVAL;
+		}
+		c->passthrough_cache = (long long)b;
+		return 0;
+	}
 	if (KEY("image_cache") && val)
 		return setenv("STRATA_IMAGE_CACHE", val, 1) < 0 ? -errno : 0;
 	if (val)
@@ -342,6 +356,7 @@ int sfs_parse_args(int argc, char **argv, struct sfs_config *c)
 	c->fsync = true;
 	c->passthrough = 1;
 	c->passthrough_lower = true;
+	c->passthrough_cache = 1 << 20;
 	/* The default data path can come from the environment (a whole test suite, or a
 	 * runtime that cannot pass options, with passthrough off); -o passthrough= wins. */
 	if (getenv("STRATAFS_PASSTHROUGH")) {

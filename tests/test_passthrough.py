@@ -110,6 +110,50 @@ def test_reads_and_writes_bypass_the_daemon(tdir):
         assert s1["passthrough_opens"] == s0["passthrough_opens"] + 1
 
 
+def test_small_lower_files_opened_again_are_cached(tdir):
+    """A small lower file passes through on its first open (a cold scan costs no READ round
+    trip), and reads from the kernel's page cache when opened again: passthrough reads
+    make the kernel drop the cached atime, so every later stat() would be a GETATTR.  Big
+    files (>= passthrough_cache) always pass through; passthrough_cache=0 turns it off."""
+    if not kernel_has_passthrough():
+        pytest.skip("kernel without FUSE passthrough")
+    lower, upper, work, mnt, data = stack(tdir)
+    with mount(mnt, [lower], upper, work, "passthrough=on"):
+        s0 = stats(mnt)
+        assert (mnt / "small").read_bytes() == b"small file\n"       # first open
+        s1 = stats(mnt)
+        assert s1["passthrough_opens"] == s0["passthrough_opens"] + 1
+        assert s1["read_requests"] == s0["read_requests"]
+        for _ in range(3):                                             # opened again
+            assert (mnt / "small").read_bytes() == b"small file\n"
+        s2 = stats(mnt)
+        assert s2["passthrough_opens"] == s1["passthrough_opens"], s2
+        assert s2["opens"] == s1["opens"] + 3
+        assert s2["read_requests"] == s1["read_requests"] + 1, s2      # then page cache
+        with open(mnt / "small", "rb") as a:        # a cached open, then another one
+            with open(mnt / "small", "rb") as b:
+                assert a.read() == b.read() == b"small file\n"
+        for _ in range(2):
+            assert (mnt / "big").read_bytes() == data
+        s3 = stats(mnt)
+        assert s3["passthrough_opens"] == s2["passthrough_opens"] + 2, s3
+        with open(mnt / "small", "ab") as f:        # a write open copies it up
+            f.write(b"more\n")
+        assert (mnt / "small").read_bytes() == b"small file\nmore\n"
+    assert (lower / "small").read_bytes() == b"small file\n"
+    (upper / "small").unlink()
+    with mount(mnt, [lower], upper, work, "passthrough=on,passthrough_cache=0"):
+        s0 = stats(mnt)
+        for _ in range(3):
+            assert (mnt / "small").read_bytes() == b"small file\n"
+        s1 = stats(mnt)
+        assert s1["passthrough_opens"] == s0["passthrough_opens"] + 3, s1
+        assert s1["read_requests"] == s0["read_requests"], s1
+    r = subprocess.run([union.impl_bin(), "-o", f"lowerdir={lower},passthrough_cache=big",
+                        str(mnt)], capture_output=True, text=True)
+    assert r.returncode != 0 and "passthrough_cache='big'" in r.stderr, r.stderr
+
+
 def test_off_goes_through_the_daemon(tdir):
     lower, upper, work, mnt, data = stack(tdir)
     with mount(mnt, [lower], upper, work, "passthrough=off"):

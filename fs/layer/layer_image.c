@@ -299,8 +299,7 @@ fail:
 	return NULL;
 }
 
-/* "256M", "64K", "1G", "1048576" -> bytes; -EINVAL for anything else. */
-static int img_parse_size(const char *s, size_t *out)
+int layer_parse_size(const char *s, size_t *out)
 {
 	unsigned long long v;
 	char *end;
@@ -329,7 +328,7 @@ struct layer *layer_image_open(const char *path, int index, char *err, size_t er
 	const char *env = getenv("STRATA_IMAGE_CACHE");
 	size_t bytes = 0;
 
-	if (env && *env && img_parse_size(env, &bytes)) {
+	if (env && *env && layer_parse_size(env, &bytes)) {
 		snprintf(err, errlen, "image_cache='%s': expected a size like 256M", env);
 		return NULL;
 	}

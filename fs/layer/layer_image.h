@@ -13,4 +13,8 @@ struct layer;
 struct layer *layer_image_open_cache(const char *path, int index, size_t cache_bytes,
 				     char *err, size_t errlen);
 
+/* "256M", "64K", "1G", "1048576" (K/M/G in powers of two) -> bytes, more than 0 and at
+ * most 1 TiB; -EINVAL for anything else. */
+int layer_parse_size(const char *s, size_t *out);
+
 #endif

@@ -82,6 +82,8 @@ struct ovl_node {
 	int pt_id, pt_refs, cached_opens;
 	bool copying;                   /* files: a copy-up began (stays set once it
 					 * succeeded): no new opens may pin the lower file */
+	bool reopened;                  /* files: opened before (the glue then keeps small
+					 * lower files in the kernel's page cache) */
 	void *reader;                   /* the glue's shared read handle when the kernel
 					 * does not open files (read-only mounts) */
 	dev_t pt_dev;

@@ -469,31 +469,23 @@ static bool sfs_pt_eligible(struct sfs *s, const struct sfs_fh *fh)
 	return fh->fd >= 0 && (s->cfg.passthrough_lower || !sfs_fh_lower(s, fh));
 }
 
-/*
- * A small lower file opened again (an interpreter's modules, a build's headers) reads
- * from the kernel's page cache instead: a passthrough read makes the kernel drop the
- * file's cached atime, so every later stat() of it is a GETATTR round trip.  The first
- * open passes through, so a file read once (a cold scan) costs no READ round trip.
- * Caller holds n->lock.
- */
-static bool sfs_pt_cache_small(struct sfs *s, struct ovl_node *n, const struct stat *st)
-{
-	bool again = n->reopened;
-
-	n->reopened = true;
-	return again && st->st_size < s->cfg.passthrough_cache;
-}
-
 static int sfs_pt_open(struct sfs *s, struct ovl_node *n, struct sfs_fh *fh)
 {
-	bool lower = sfs_fh_lower(s, fh);
+	bool lower = sfs_fh_lower(s, fh), again;
 	struct stat st;
 	int id, ret = 0;
 
 	fh->node = n;
 	pthread_mutex_lock(&n->lock);
+	/* A small lower file opened again (an interpreter's modules, a build's headers) reads
+	 * from the kernel's page cache: a passthrough read makes the kernel drop the file's
+	 * cached atime, so every later stat() of it would be a GETATTR round trip.  The first
+	 * open passes through, so a file read once (a cold scan) costs no READ round trip. */
+	again = n->reopened;
+	n->reopened = true;
 	if (!s->pt.active || !sfs_pt_eligible(s, fh) || n->cached_opens ||
-	    fstat(fh->fd, &st) < 0 || (lower && !n->pt_refs && sfs_pt_cache_small(s, n, &st))) {
+	    fstat(fh->fd, &st) < 0 ||
+	    (lower && again && !n->pt_refs && st.st_size < s->cfg.passthrough_cache)) {
 		if (n->pt_refs) {
 			ret = -ETXTBSY;
 		} else {

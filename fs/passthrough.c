@@ -11,6 +11,13 @@
  * our writev callback patches their replies.  Nothing else in the daemon knows about this
  * beyond "open this file with backing id N".
  *
+ * With passthrough we also take FUSE_HANDLE_KILLPRIV_V2.  Without it the kernel cannot
+ * remember that a FUSE file has no security.capability (it sets SB_NOSEC only for servers
+ * that clear privileges themselves), so every write() -- passthrough or not -- first sent
+ * a GETXATTR round trip.  In exchange the daemon clears set-id bits itself; some requests
+ * that ask for it carry flags libfuse 3.14 drops, so our read callback notes them for the
+ * handler, which runs on the same thread (pt_kill_request()).
+ *
  * This file goes away once libfuse >= 3.16 is the floor.
  */
 #define FUSE_USE_VERSION 312
@@ -51,6 +58,49 @@ struct pt_table {
 	uint32_t opcode[PT_SLOTS];
 	int used;
 };
+
+/* What the request this thread is handling asks us to clear (see pt_kill_request()). */
+static __thread enum pt_kill pt_kill;
+
+enum pt_kill pt_kill_request(void)
+{
+	return pt_kill;
+}
+
+/*
+ * The flags that ask for privileges to be cleared, which libfuse 3.14 drops: a WRITE with
+ * FUSE_WRITE_KILL_SUIDGID, an OPEN with FUSE_OPEN_KILL_SUIDGID (O_TRUNC), a SETATTR with
+ * FATTR_KILL_SUIDGID (a truncate, or a change of owner).  The kernel sends them only with
+ * FUSE_HANDLE_KILLPRIV_V2.
+ */
+static enum pt_kill pt_classify(const struct fuse_in_header *in, ssize_t len)
+{
+	const void *arg = in + 1;
+	size_t alen = (size_t)len - sizeof(*in);
+
+	switch (in->opcode) {
+	case FUSE_SETATTR:
+		if (alen >= sizeof(struct fuse_setattr_in)) {
+			uint32_t valid = ((const struct fuse_setattr_in *)arg)->valid;
+
+			if (valid & FATTR_KILL_SUIDGID)
+				return (valid & (FATTR_UID | FATTR_GID)) ? PT_KILL_CHOWN
+									 : PT_KILL_WRITE;
+		}
+		break;
+	case FUSE_OPEN:
+		if (alen >= sizeof(struct fuse_open_in) &&
+		    (((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID))
+			return PT_KILL_WRITE;
+		break;
+	case FUSE_WRITE:
+		if (alen >= sizeof(struct fuse_write_in) &&
+		    (((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID))
+			return PT_KILL_WRITE;
+		break;
+	}
+	return PT_KILL_NONE;
+}
 
 static struct pt_table *pt_tab(struct pt_state *pt)
 {
@@ -101,13 +151,17 @@ static ssize_t pt_read(int fd, void *buf, size_t len, void *ud)
 	ssize_t r = read(fd, buf, len);
 	const struct fuse_in_header *in = buf;
 
+	pt_kill = PT_KILL_NONE;
 	if (r < (ssize_t)sizeof(*in))
 		return r;
+	if (pt->killpriv)
+		pt_kill = pt_classify(in, r);
 	if (in->opcode == FUSE_INIT && r >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in))) {
 		const struct fuse_init_in *ii = (const void *)(in + 1);
 
 		pt->active = pt->wanted && (ii->flags & FUSE_INIT_EXT) &&
 			     (ii->flags2 & PT_FUSE_PASSTHROUGH_FLAGS2);
+		pt->killpriv = pt->active && (ii->flags & FUSE_HANDLE_KILLPRIV_V2);
 		pt_note(pt, in->unique, in->opcode);
 	} else if (pt->active && (in->opcode == FUSE_OPEN || in->opcode == FUSE_CREATE)) {
 		pt_note(pt, in->unique, in->opcode);
@@ -142,6 +196,8 @@ static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *ud)
 
 			io->flags |= FUSE_INIT_EXT;
 			io->flags2 |= PT_FUSE_PASSTHROUGH_FLAGS2;
+			if (pt->killpriv)
+				io->flags |= FUSE_HANDLE_KILLPRIV_V2;
 			io->unused[0] = PT_MAX_STACK_DEPTH;     /* max_stack_depth */
 		} else if (op == FUSE_OPEN && iov[1].iov_len >= sizeof(struct fuse_open_out)) {
 			pt_patch_open(pt, (void *)arg);

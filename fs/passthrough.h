@@ -15,12 +15,19 @@ struct pt_state {
 	int devfd;                      /* the session's /dev/fuse fd */
 	bool wanted;                    /* we asked for it in INIT */
 	bool active;                    /* the kernel offered it and we accepted */
+	bool killpriv;                  /* FUSE_HANDLE_KILLPRIV_V2 is on (with passthrough) */
 	/* Backing id for the file handle in an OPEN/CREATE reply, or 0 for none. */
 	int (*backing_of)(uint64_t fh);
 	void *lock;                     /* private: the unique -> opcode table */
 	uint64_t opens, backing_opens;  /* statistics */
 	int64_t backing_live;           /* registered backing files not yet released */
 };
+
+/* Whether the request being handled on this thread carries a FUSE_HANDLE_KILLPRIV_V2 flag
+ * asking the daemon to clear privileges as the VFS would after a write or truncate
+ * (PT_KILL_WRITE) or a change of owner (PT_KILL_CHOWN); PT_KILL_NONE without killpriv. */
+enum pt_kill { PT_KILL_NONE, PT_KILL_WRITE, PT_KILL_CHOWN };
+enum pt_kill pt_kill_request(void);
 
 /* Before mounting: does this kernel do passthrough and may we use it?  0, or -errno with
  * a reason in err. */

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <linux/capability.h>
 
 #include "stratafs.h"
 #include "fdpath.h"
@@ -36,6 +37,7 @@ struct sfs {
 	struct sfs_config cfg;
 	struct fuse_session *se;
 	uint64_t reads, writes;         /* READ/WRITE requests that reached the daemon */
+	uint64_t getxattrs;             /* GETXATTR requests (but the stats') */
 	bool no_open;                   /* read-only mount: the kernel sends no OPEN/RELEASE */
 	struct pf *pf;                  /* read-ahead of small image files, or NULL */
 };
@@ -287,21 +289,143 @@ static int sfs_do_setattr(struct sfs *s, struct ovl_node *n, const char *path,
 	return 0;
 }
 
+/*
+ * Clearing privileges.  The VFS's rule, which the kernel overlay follows:
+ *  - a write or truncate (or an open with O_TRUNC) of a regular file by a caller without
+ *    CAP_FSETID clears S_ISUID, and S_ISGID if the file is group-executable or the caller
+ *    is not in its group;
+ *  - a change of owner of any non-directory clears S_ISUID whoever asks, and S_ISGID if the
+ *    file is group-executable or the caller is neither in its group nor has CAP_FSETID;
+ *  - all of them drop security.capability.
+ * Without FUSE_HANDLE_KILLPRIV_V2 the kernel's FUSE does some of it (a SETATTR of the mode
+ * before the write) and drops the rest: S_ISGID of a file that is not group-executable, and
+ * the O_TRUNC of an atomic open; what it dropped reaches us as a SETATTR that sets nothing,
+ * or not at all.  With it (taken with passthrough: passthrough.c says why) the kernel
+ * leaves all of it to us.  So the daemon applies the rule itself wherever the request says
+ * the data or the owner changes: a SETATTR of the size or the owner, one that sets nothing
+ * (how a write through passthrough asks), an OPEN with O_TRUNC, and a WRITE or SETATTR with
+ * a kill flag.  security.capability needs nothing from us: our own write, truncate or chown
+ * of the upper file has the backing filesystem apply the rule to it.  The caller's
+ * capabilities and groups come from /proc, only for files that have set-id bits.
+ */
+static bool sfs_caller_fsetid(fuse_req_t req)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	char path[64], line[256];
+	struct stat ns, own;
+	bool has = false, found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)ctx->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return ctx->uid == 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, "CapEff:", 7)) {
+			has = (strtoull(line + 7, NULL, 16) >> CAP_FSETID) & 1;
+			found = true;
+			break;
+		}
+	}
+	fclose(f);
+	if (!found)
+		return ctx->uid == 0;
+	/* The kernel asks capable(): a capability in the initial user namespace (ours). */
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)ctx->pid);
+	if (has && (stat(path, &ns) < 0 || stat("/proc/self/ns/user", &own) < 0 ||
+		    ns.st_ino != own.st_ino || ns.st_dev != own.st_dev))
+		has = false;
+	return has;
+}
+
+static bool sfs_caller_in_group(fuse_req_t req, gid_t gid)
+{
+	gid_t small[64], *list = small;
+	int n, i, size = 64;
+	bool in = fuse_req_ctx(req)->gid == gid;
+
+	if (in)
+		return true;
+	n = fuse_req_getgroups(req, size, list);
+	if (n > size && (list = malloc(sizeof(*list) * (size_t)n)) != NULL) {
+		size = n;
+		n = fuse_req_getgroups(req, size, list);
+	}
+	for (i = 0; list && i < n && i < size && !in; i++)
+		in = list[i] == gid;
+	if (list != small)
+		free(list);
+	return in;
+}
+
+/* The mode a write/truncate (PT_KILL_WRITE) or change of owner (PT_KILL_CHOWN) by the
+ * caller of `req` leaves on a file whose attributes are `st`. */
+static mode_t sfs_killed_mode(fuse_req_t req, enum pt_kill kind, const struct stat *st)
+{
+	mode_t m = st->st_mode;
+	bool fsetid;
+
+	if (kind == PT_KILL_NONE || S_ISDIR(m) || (kind == PT_KILL_WRITE && !S_ISREG(m)) ||
+	    !(m & (S_ISUID | S_ISGID)))
+		return m;
+	fsetid = sfs_caller_fsetid(req);
+	if (kind == PT_KILL_WRITE && fsetid)
+		return m;
+	if ((m & S_ISGID) && ((m & S_IXGRP) || (!fsetid && !sfs_caller_in_group(req, st->st_gid))))
+		m &= ~S_ISGID;
+	return m & ~S_ISUID;
+}
+
+/* Before an operation that changes the data (PT_KILL_WRITE) or the owner (PT_KILL_CHOWN)
+ * of node `n`, or that carries a kill flag: the mode the node must have after it, or 0
+ * when nothing is to be cleared. */
+static mode_t sfs_kill_begin(fuse_req_t req, struct ovl_node *n, enum pt_kill kind)
+{
+	struct stat st;
+	mode_t m;
+
+	if (pt_kill_request() > kind)
+		kind = pt_kill_request();
+	if (kind == PT_KILL_NONE || ovl_getattr(&sfs_of(req)->fs, n, &st))
+		return 0;
+	m = sfs_killed_mode(req, kind, &st);
+	return m == st.st_mode ? 0 : m;
+}
+
+/* After it (for an OPEN or WRITE: the kernel's cached mode is stale then). */
+static void sfs_kill_end(fuse_req_t req, fuse_ino_t ino, struct ovl_node *n, mode_t mode)
+{
+	struct sfs *s = sfs_of(req);
+	struct stat a = { .st_mode = mode };
+	char path[PATH_MAX];
+
+	if (!mode || sfs_upper_begin(s, n, path))
+		return;
+	sfs_do_setattr(s, n, path, &a, FUSE_SET_ATTR_MODE, -1);
+	sfs_upper_done(s);
+	fuse_lowlevel_notify_inval_inode(s->se, ino, -1, 0);
+}
+
 static void sfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			struct fuse_file_info *fi)
 {
 	struct sfs *s = sfs_of(req);
 	struct ovl_node *n = sfs_node(req, ino);
 	char path[PATH_MAX];
-	struct stat st;
+	struct stat st, killed;
 	int ret;
 
 	if (to_set & FUSE_SET_ATTR_SIZE)
 		pf_block(s->pf, n);
+	killed.st_mode = sfs_kill_begin(req, n,
+		(to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) ? PT_KILL_CHOWN :
+		(!to_set || (to_set & FUSE_SET_ATTR_SIZE)) ? PT_KILL_WRITE : PT_KILL_NONE);
 	ret = sfs_upper_begin(s, n, path);
 	if (!ret) {
 		ret = sfs_do_setattr(s, n, path, attr, to_set,
 				     fi && fi->fh ? sfs_fh(fi)->fd : -1);
+		if (!ret && killed.st_mode)
+			ret = sfs_do_setattr(s, n, path, &killed, FUSE_SET_ATTR_MODE, -1);
 		sfs_upper_done(s);
 	}
 	if (!ret)
@@ -550,18 +674,22 @@ static void sfs_fh_free(struct sfs_fh *fh)
 static void sfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct sfs_fh *fh;
+	mode_t killed;
 	int ret;
 
 	if (sfs_of(req)->no_open) {
 		fuse_reply_err(req, ENOSYS);    /* from now on the kernel opens by itself */
 		return;
 	}
+	killed = sfs_kill_begin(req, sfs_node(req, ino),
+				(fi->flags & O_TRUNC) ? PT_KILL_WRITE : PT_KILL_NONE);
 	ret = sfs_open_fh(sfs_of(req), sfs_node(req, ino), fi->flags, &fh);
 
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	sfs_kill_end(req, ino, sfs_node(req, ino), killed);
 	fi->fh = (uintptr_t)fh;
 	fi->keep_cache = 1;     /* nothing but this daemon changes a layer */
 	ret = sfs_pt_open(sfs_of(req), sfs_node(req, ino), fh);
@@ -686,14 +814,16 @@ static void sfs_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in
 			  struct fuse_file_info *fi)
 {
 	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+	mode_t killed = sfs_kill_begin(req, sfs_node(req, ino), PT_KILL_NONE);
 	ssize_t n;
 
-	(void)ino;
 	__atomic_add_fetch(&sfs_of(req)->writes, 1, __ATOMIC_RELAXED);
 	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	out.buf[0].fd = sfs_fh(fi)->fd;
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
+	if (n > 0)
+		sfs_kill_end(req, ino, sfs_node(req, ino), killed);
 	if (n < 0)
 		fuse_reply_err(req, (int)-n);
 	else
@@ -893,12 +1023,14 @@ static void sfs_reply_stats(fuse_req_t req, struct sfs *s, size_t size)
 {
 	char buf[512];
 	int n = snprintf(buf, sizeof(buf),
-			 "passthrough=%s\nopens=%llu\npassthrough_opens=%llu\n"
-			 "read_requests=%llu\nwrite_requests=%llu\nbacking_files_open=%lld\n",
-			 s->pt.active ? "on" : "off",
+			 "passthrough=%s\nkillpriv=%s\nopens=%llu\npassthrough_opens=%llu\n"
+			 "read_requests=%llu\nwrite_requests=%llu\ngetxattr_requests=%llu\n"
+			 "backing_files_open=%lld\n",
+			 s->pt.active ? "on" : "off", s->pt.killpriv ? "on" : "off",
 			 (unsigned long long)s->pt.opens, (unsigned long long)s->pt.backing_opens,
 			 (unsigned long long)__atomic_load_n(&s->reads, __ATOMIC_RELAXED),
 			 (unsigned long long)__atomic_load_n(&s->writes, __ATOMIC_RELAXED),
+			 (unsigned long long)__atomic_load_n(&s->getxattrs, __ATOMIC_RELAXED),
 			 (long long)__atomic_load_n(&s->pt.backing_live, __ATOMIC_RELAXED));
 
 	if (!size)
@@ -921,6 +1053,7 @@ static void sfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 		sfs_reply_stats(req, s, size);
 		return;
 	}
+	__atomic_add_fetch(&s->getxattrs, 1, __ATOMIC_RELAXED);
 	if (s->fs.o.noxattrs) {
 		fuse_reply_err(req, s->fs.o.noxattrs == 1 ? ENOTSUP : ENODATA);
 		return;

@@ -11,6 +11,7 @@ import hashlib
 import mmap
 import os
 import random
+import stat
 import subprocess
 import threading
 import time
@@ -154,6 +155,39 @@ def test_small_lower_files_opened_again_are_cached(tdir):
     r = subprocess.run([union.impl_bin(), "-o", f"lowerdir={lower},passthrough_cache=big",
                         str(mnt)], capture_output=True, text=True)
     assert r.returncode != 0 and "passthrough_cache='big'" in r.stderr, r.stderr
+
+
+def test_writes_do_not_ask_for_the_capability(tdir):
+    """With passthrough the daemon clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2), so
+    the kernel remembers that a file has no privileges to drop: many write() calls to a
+    copied-up file cost no GETXATTR of security.capability each (without it they cost one
+    each).  That the bits are still cleared as the kernel overlay clears them is
+    test_killpriv.py's job; here a set-uid file written by a user loses its bit while a
+    plain file written over and over keeps the count flat."""
+    if not kernel_has_passthrough():
+        pytest.skip("kernel without FUSE passthrough")
+    lower, upper, work, mnt, data = stack(tdir)
+    (lower / "suid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(lower / "suid", 0o4777)
+    with mount(mnt, [lower], upper, work, "passthrough=on,allow_other,suid"):
+        assert stats(mnt)["killpriv"] == "on"
+        with open(mnt / "big", "r+b", buffering=0) as f:     # copy-up, then writes
+            f.write(b"w")
+            s0 = stats(mnt)
+            for i in range(64):
+                f.seek(i * 4096)
+                f.write(b"w" * 4096)
+            s1 = stats(mnt)
+        assert s1["write_requests"] == s0["write_requests"], s1
+        assert s1["getxattr_requests"] - s0["getxattr_requests"] <= 1, (s0, s1)
+        assert (mnt / "big").read_bytes()[:64 * 4096] == b"w" * (64 * 4096)
+        r = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                            "sh", "-c", f"printf x >> {mnt / 'suid'}"], capture_output=True)
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(os.stat(mnt / "suid").st_mode) == 0o777
+    assert stat.S_IMODE(os.stat(upper / "suid").st_mode) == 0o777
+    with mount(mnt, [lower], upper, work, "passthrough=off"):
+        assert stats(mnt)["killpriv"] == "off"
 
 
 def test_off_goes_through_the_daemon(tdir):

@@ -436,7 +436,8 @@ def targets_section(ctx, results):
 def write(ctx, outdir):
     parts = ["# strata bench — %s\n" % ctx.stamp,
              "Mode: **%s**. Runs per warm workload: %d (after 1 warm-up); per cold/fresh "
-             "workload: %d. Medians; ± is half the min…max spread in %% of the median. "
+             "workload: %d, interleaved (run i of every system before run i+1 of any). "
+             "Medians; ± is half the min…max spread in %% of the median. "
              "Total wall time of the suite: %s.\n" % (
                  "quick (CI smoke, small data)" if ctx.quick else "full", ctx.runs,
                  ctx.runs_cold, fmt_s(ctx.elapsed)),

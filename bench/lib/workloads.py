@@ -280,59 +280,98 @@ def save_logs(ctx, base, name):
             pass
 
 
-def measure(ctx, w, system, src):
-    """Samples and extras of one workload on one system; anything going wrong (a daemon
-    dying, ENOTCONN, a timeout) becomes NA with the reason, never a crash of the suite."""
-    if w.write and not system.writable:
-        raise NA("read-only")
-    system.check(ctx)
-    base = os.path.join(ctx.root, "mnt", system.key)
+class _Run:
+    """One system's side of an interleaved measurement."""
+
+    def __init__(self, ctx, w, system):
+        self.system, self.native = system, system.key == "native"
+        self.base = os.path.join(ctx.root, "mnt", system.key)
+        self.samples, self.extra = [], {}
+        self.runs = w.runs(ctx)
+        self.mount = None               # warm mode: mounted once
+        self.failed = None              # NA once it went wrong
+
+    def guard(self, ctx, w, fn):
+        """Anything going wrong (a daemon dying, ENOTCONN, a timeout) becomes NA for this
+        system, with its daemon logs saved, never a crash of the suite."""
+        if self.failed:
+            return
+        try:
+            fn()
+            return
+        except NA as e:
+            self.failed = e
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            self.failed = NA("failed: %s: %s" % (type(e).__name__, e))
+        save_logs(ctx, self.base, "%s-%s" % (w.key, self.system.key))
+        self.close()
+
+    def close(self):
+        if self.mount:
+            m, self.mount = self.mount, None
+            m.close()
+
+
+def measure_all(ctx, w, systems, src):
+    """Samples and extras of one workload on every system, as {key: (samples, extra)} or
+    {key: NA}.  Runs are interleaved -- run i of every system before run i+1 of any -- so
+    that a machine getting slower or faster during the workload (write-back of the data
+    set, another tenant of the VM) shifts every system alike and the ratios hold."""
+    out, live = {}, []
+    for s in systems:
+        try:
+            if w.write and not s.writable:
+                raise NA("read-only")
+            s.check(ctx)
+        except NA as e:
+            out[s.key] = e
+            continue
+        live.append(_Run(ctx, w, s))
     try:
-        return _measure(ctx, w, system, src, base)
-    except NA:
-        save_logs(ctx, base, "%s-%s" % (w.key, system.key))
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        save_logs(ctx, base, "%s-%s" % (w.key, system.key))
-        raise NA("failed: %s: %s" % (type(e).__name__, e))
+        if w.mode == "warm":
+            for r in live:
+                r.guard(ctx, w, lambda r=r: _warm_up(ctx, w, r, src))
+        i = 0
+        while any(not r.failed and i < r.runs for r in live):
+            for r in live:
+                if i < r.runs:
+                    r.guard(ctx, w, lambda r=r: _one_run(ctx, w, r, src, i))
+            i += 1
     finally:
-        rmtree(base)
+        for r in live:
+            r.close()
+            rmtree(r.base)
+    for r in live:
+        out[r.system.key] = r.failed or (r.samples, r.extra)
+    return out
 
 
-def _measure(ctx, w, system, src, base):
-    native = system.key == "native"
-    samples, extra = [], {}
-    runs = w.runs(ctx)
+def _warm_up(ctx, w, r, src):
+    r.mount = r.system.mount(ctx, src, fresh_dir(r.base))
+    w.setup(ctx, r.mount.path, r.native)
+    ctx.progress.update("%s · %s · warm-up" % (w.key, r.system.key), True)
+    t0 = time.perf_counter()
+    w.run(ctx, r.mount.path, r.native)
+    if time.perf_counter() - t0 > SLOW:
+        r.runs = min(r.runs, 3)         # a slow system: fewer runs, same warm-up
+
+
+def _one_run(ctx, w, r, src, i):
+    ctx.progress.update("%s · %s · run %d/%d" % (w.key, r.system.key, i + 1, r.runs), True)
     if w.mode == "warm":
-        m = system.mount(ctx, src, fresh_dir(base))
-        try:
-            w.setup(ctx, m.path, native)
-            ctx.progress.update("%s · %s · warm-up" % (w.key, system.key), True)
-            t0 = time.perf_counter()
-            w.run(ctx, m.path, native)
-            if time.perf_counter() - t0 > SLOW:
-                runs = min(runs, 3)             # a slow system: fewer runs, same warm-up
-            for i in range(runs):
-                ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1,
-                                                            runs), True)
-                secs, extra = w.run(ctx, m.path, native)
-                samples.append(secs)
-        finally:
-            m.close()
-        return samples, extra
-    i = 0
-    while i < runs:
-        ctx.progress.update("%s · %s · run %d/%d" % (w.key, system.key, i + 1, runs), True)
-        m = system.mount(ctx, src, fresh_dir(base))
-        try:
-            w.setup(ctx, m.path, native)
-            if w.mode == "cold":
-                drop_caches(ctx)
-            secs, extra = w.run(ctx, m.path, native)
-            samples.append(secs)
-        finally:
-            m.close()
-        if i == 0:
-            runs = runs_after(secs, runs)
-        i += 1
-    return samples, extra
+        secs, r.extra = w.run(ctx, r.mount.path, r.native)
+        r.samples.append(secs)
+        return
+    # cold / fresh: a mount of its own; setup and run back to back (workloads keep what
+    # setup made for run, e.g. CopiedUpWrite.file)
+    m = r.system.mount(ctx, src, fresh_dir(r.base))
+    try:
+        w.setup(ctx, m.path, r.native)
+        if w.mode == "cold":
+            drop_caches(ctx)
+        secs, r.extra = w.run(ctx, m.path, r.native)
+        r.samples.append(secs)
+    finally:
+        m.close()
+    if i == 0:
+        r.runs = runs_after(secs, r.runs)

@@ -25,7 +25,9 @@ struct pt_state {
 
 /* Whether the request being handled on this thread carries a FUSE_HANDLE_KILLPRIV_V2 flag
  * asking the daemon to clear privileges as the VFS would after a write or truncate
- * (PT_KILL_WRITE) or a change of owner (PT_KILL_CHOWN); PT_KILL_NONE without killpriv. */
+ * (PT_KILL_WRITE) or a change of owner (PT_KILL_CHOWN); PT_KILL_NONE without killpriv.
+ * Ordered by how much they clear (a chown clears S_ISUID whoever asks): sfs_kill_begin()
+ * keeps the greater of this and what the request itself implies. */
 enum pt_kill { PT_KILL_NONE, PT_KILL_WRITE, PT_KILL_CHOWN };
 enum pt_kill pt_kill_request(void);
 

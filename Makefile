@@ -18,7 +18,7 @@ BUILD   := build-san
 endif
 
 LIB_SRC      := $(wildcard fs/common/*.c fs/squashfs/*.c fs/layer/*.c fs/overlay/*.c)
-STRATAFS_SRC := $(wildcard fs/stratafs*.c fs/passthrough.c fs/prefetch.c)
+STRATAFS_SRC := $(wildcard fs/stratafs*.c fs/passthrough.c fs/prefetch.c fs/dirahead.c)
 MKIMAGE_SRC  := $(wildcard mkimage/*.c)
 DRIVER_SRC   := $(filter-out driver/main.c,$(wildcard driver/*.c))
 

@@ -27,6 +27,7 @@
 #include "fdpath.h"
 #include "passthrough.h"
 #include "prefetch.h"
+#include "dirahead.h"
 #include "overlay/ovl.h"
 #include "overlay/whiteout.h"
 
@@ -38,8 +39,10 @@ struct sfs {
 	struct fuse_session *se;
 	uint64_t reads, writes;         /* READ/WRITE requests that reached the daemon */
 	uint64_t getxattrs;             /* GETXATTR requests (but the stats') */
+	uint64_t listings;              /* merged listings read by readdir requests */
 	bool no_open;                   /* read-only mount: the kernel sends no OPEN/RELEASE */
 	struct pf *pf;                  /* read-ahead of small image files, or NULL */
+	struct da *da;                  /* read-ahead of directories, or NULL */
 };
 
 struct sfs_fh {
@@ -861,17 +864,23 @@ static void sfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	fuse_reply_err(req, ENOSYS);
 }
 
-/* The listing for a readdir at `off`: rebuilt when a read starts from the top, kept in the
- * node until the reader reaches the end.  Caller holds dir->lock. */
+/* The listing for a readdir at `off`: rebuilt when a read starts from the top (unless it
+ * was read ahead and is still current: fs/dirahead.c), kept in the node until the reader
+ * reaches the end.  Caller holds dir->lock. */
 static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off)
 {
 	int ret;
 
-	if (dir->listing && off > 0)
+	if (off == 0)
+		da_reader(s->da, dir);
+	if (dir->listing && (off > 0 || da_take(s->da, dir))) {
+		dir->listing->ahead = false;
 		return 0;
+	}
 	if (!dir->listing && !(dir->listing = calloc(1, sizeof(*dir->listing))))
 		return -ENOMEM;
 	ovl_dir_free(dir->listing);
+	__atomic_add_fetch(&s->listings, 1, __ATOMIC_RELAXED);
 	ret = ovl_dir_read(&s->fs, dir, dir->listing);
 	if (ret) {
 		free(dir->listing);
@@ -887,14 +896,17 @@ static void sfs_listing_done(struct ovl_node *dir)
 	dir->listing = NULL;
 }
 
+#define SFS_DA_FANOUT 256      /* child directories per readdirplus reply read ahead */
+
 static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			   struct fuse_file_info *fi, bool plus)
 {
 	struct sfs *s = sfs_of(req);
 	struct ovl_node *dir = sfs_node(req, ino);
 	struct ovl_dir *l;
+	struct ovl_node *kids[SFS_DA_FANOUT];   /* child directories handed out, to read ahead */
 	char *buf = malloc(size), *p = buf;
-	size_t rem = size, i;
+	size_t rem = size, i, nkids = 0;
 	bool first = off == 0;
 	int err = 0;
 
@@ -954,6 +966,10 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		if (n) {
 			pf_listed(s->pf, dir, name, n, &st, first);
 			first = false;
+			if (s->da && S_ISDIR(st.st_mode) && nkids < SFS_DA_FANOUT) {
+				ovl_node_get(n);
+				kids[nkids++] = n;
+			}
 		}
 		p += len;
 		rem -= len;
@@ -969,6 +985,8 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	else
 		fuse_reply_buf(req, buf, size - rem);
 	free(buf);
+	if (nkids)
+		da_queue(s->da, kids, nkids);
 }
 
 static void sfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -1025,16 +1043,23 @@ static bool sfs_xattr_hidden(struct sfs *s, const char *name)
 static void sfs_reply_stats(fuse_req_t req, struct sfs *s, size_t size)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof(buf),
+	uint64_t da_read, da_taken;
+	int n;
+
+	da_stats(s->da, &da_read, &da_taken);
+	n = snprintf(buf, sizeof(buf),
 			 "passthrough=%s\nkillpriv=%s\nopens=%llu\npassthrough_opens=%llu\n"
 			 "read_requests=%llu\nwrite_requests=%llu\ngetxattr_requests=%llu\n"
-			 "backing_files_open=%lld\n",
+			 "backing_files_open=%lld\ndirs_listed=%llu\ndirs_read_ahead=%llu\n"
+			 "dirs_read_ahead_used=%llu\n",
 			 s->pt.active ? "on" : "off", s->pt.killpriv ? "on" : "off",
 			 (unsigned long long)s->pt.opens, (unsigned long long)s->pt.backing_opens,
 			 (unsigned long long)__atomic_load_n(&s->reads, __ATOMIC_RELAXED),
 			 (unsigned long long)__atomic_load_n(&s->writes, __ATOMIC_RELAXED),
 			 (unsigned long long)__atomic_load_n(&s->getxattrs, __ATOMIC_RELAXED),
-			 (long long)__atomic_load_n(&s->pt.backing_live, __ATOMIC_RELAXED));
+			 (long long)__atomic_load_n(&s->pt.backing_live, __ATOMIC_RELAXED),
+			 (unsigned long long)__atomic_load_n(&s->listings, __ATOMIC_RELAXED),
+			 (unsigned long long)da_read, (unsigned long long)da_taken);
 
 	if (!size)
 		fuse_reply_xattr(req, n);
@@ -1502,7 +1527,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	s.pf = pf_start(&s.fs, se);
+	s.da = s.cfg.dir_readahead ? da_start(&s.fs) : NULL;
 	ret = sfs_loop(&s, se);
+	da_stop(s.da);
 	pf_stop(s.pf);
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);

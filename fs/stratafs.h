@@ -15,6 +15,7 @@ struct sfs_config {
 	bool foreground, debug, threaded, writeback, fsync, noacl;
 	int passthrough;                /* 0 off, 1 auto, 2 on */
 	bool passthrough_lower;         /* lower files of writable mounts pass through too */
+	bool dir_readahead;             /* read subdirectories ahead (fs/dirahead.c) */
 	long long passthrough_cache;    /* ... but ones smaller than this opened again are
 					 * read from the page cache (0: never) */
 	struct ovl_opts o;

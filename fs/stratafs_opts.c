@@ -46,6 +46,7 @@ static const char *sfs_usage =
 "  passthrough_cache=SIZE    lower files smaller than SIZE (default 1M) that are opened\n"
 "                     again read from the page cache instead of passing through (0: never)\n"
 "  image_cache=SIZE   decompressed block cache for image layers (e.g. 256M)\n"
+"  dir_readahead=0|1  read the subdirectories a walk is about to enter ahead (1)\n"
 "  context=..., and the usual mount options: allow_other, allow_root, default_permissions,\n"
 "  ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, relatime, ...\n";
 
@@ -247,8 +248,10 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 	}
 	if (KEY("passthrough_lower") && !val)
 		return (c->passthrough_lower = true), 0;
-	if ((KEY("fsync") || KEY("threaded") || KEY("writeback") || KEY("passthrough_lower")) &&
-	    val) {
+	if (KEY("dir_readahead") && !val)
+		return (c->dir_readahead = true), 0;
+	if ((KEY("fsync") || KEY("threaded") || KEY("writeback") || KEY("passthrough_lower") ||
+	     KEY("dir_readahead")) && val) {
 		if (sfs_num(opt, val, 0, 1, &v))
 			return -EINVAL;
 		if (KEY("fsync"))
@@ -257,6 +260,8 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 			c->threaded = v;
 		else if (KEY("writeback"))
 			c->writeback = v;
+		else if (KEY("dir_readahead"))
+			c->dir_readahead = v;
 		else
 			c->passthrough_lower = v;
 		return 0;
@@ -357,6 +362,7 @@ int sfs_parse_args(int argc, char **argv, struct sfs_config *c)
 	c->passthrough = 1;
 	c->passthrough_lower = true;
 	c->passthrough_cache = 1 << 20;
+	c->dir_readahead = true;
 	/* The default data path can come from the environment (a whole test suite, or a
 	 * runtime that cannot pass options, with passthrough off); -o passthrough= wins. */
 	if (getenv("STRATAFS_PASSTHROUGH")) {

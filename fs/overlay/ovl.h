@@ -38,10 +38,20 @@ struct ovl_dirent {
 	int layer;                      /* the layer the entry shows from */
 	uint64_t ino;
 };
+/* A listed entry looked up ahead of readdirplus (ovl_dir_prestat). */
+struct ovl_pre {
+	struct stat st;                 /* lstat in the entry's layer, before any fixup */
+	uint64_t ref;                   /* the layer's ref for it */
+	bool ok;
+};
+
 struct ovl_dir {
 	struct ovl_dirent *ents;
 	size_t n, cap;
 	uint64_t gen;                   /* fs->gen when it was read */
+	struct ovl_pre *pre;            /* NULL, or one per entry: looked up ahead */
+	bool ahead;                     /* read ahead of any reader, none has used it yet */
+	long long made_ns;              /* CLOCK_MONOTONIC when read ahead */
 };
 
 /* Another name of a hard-linked upper file: the kernel must see one inode for all names. */
@@ -75,6 +85,8 @@ struct ovl_node {
 	struct ovl_node *hl_next;
 	pthread_mutex_t lock;           /* guards listing and the open state below */
 	struct ovl_dir *listing;        /* dirs: merged listing between readdir calls */
+	unsigned char ahead;            /* dirs: the glue's read-ahead state (DA_* in
+					 * fs/dirahead.h) */
 	/* Files, for the FUSE glue: the kernel wants every passthrough open of an inode on
 	 * one backing file, and no cached (non-passthrough) open beside them.  pt_refs on a
 	 * node that is not in the upper are opens passed through to its LOWER file: a
@@ -205,6 +217,12 @@ bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, c
 
 /* ovl_readdir.c */
 int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out);
+/* The same, giving up with -E2BIG once the listing would have more than max entries. */
+int ovl_dir_read_max(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out, size_t max);
+/* Look up ahead, in their layers, the first `max` entries of d that readdirplus's fast path
+ * (ovl_lookup_listed) would look up: listed non-directories of lower layers.  Stops early,
+ * keeping what it has, when the namespace changes. */
+int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, size_t max);
 void ovl_dir_free(struct ovl_dir *d);
 
 /* ovl_copyup.c */

@@ -268,6 +268,9 @@ static int ovl_copy_up_one(struct ovl_fs *fs, struct ovl_node *n)
 		ret = -errno;
 		goto fail;
 	}
+	/* The name appears in the upper: a namespace change, bumped at both ends like
+	 * ovl_ops.c's (listings made meanwhile name the lower file). */
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	if (renameat2(fs->work_fd, tmp, fs->upper_fd, path, RENAME_NOREPLACE) < 0) {
 		ret = -errno;
 		goto fail;
@@ -294,10 +297,10 @@ static int ovl_copy_up_one(struct ovl_fs *fs, struct ovl_node *n)
 		n->ino = ovl_ino_for(fs, 0, ust.st_dev, ust.st_ino);
 
 	pthread_rwlock_wrlock(&fs->tree_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
 	if (superseded) {
 		ovl_node_unhash(fs, n);
 		n->gone = 1;
-		__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);   /* listings name the old node */
 		pthread_rwlock_unlock(&fs->tree_lock);
 		return -ESTALE;
 	}

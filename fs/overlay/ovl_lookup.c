@@ -325,15 +325,31 @@ out:
  * whiteout hides it, so one stat in that layer replaces the walk down the stack -- as long
  * as nothing in the namespace changed since the listing was read.
  */
+
+/* The index in dir->lent of the layer de shows from when the fast path applies to it (a
+ * listed non-directory of a lower layer, that layer's directory at the merged path), or
+ * -1.  Caller holds tree_lock. */
+static int ovl_listed_lent(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_dirent *de)
+{
+	int k;
+
+	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0))
+		return -1;
+	for (k = 0; k < dir->nlent && dir->lent[k].layer != de->layer; k++)
+		;
+	return k == dir->nlent || dir->lent[k].path ? -1 : k;
+}
+
 int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_dir *d,
 		      const struct ovl_dirent *de, struct ovl_node **out, struct stat *st)
 {
 	char path[PATH_MAX], cpath[PATH_MAX];
 	struct ovl_res res = { 0 };
+	const struct ovl_pre *pre = d->pre ? &d->pre[de - d->ents] : NULL;
 	struct layer *l = fs->layers[de->layer];
 	struct ovl_node *n;
 	struct lnode ln;
-	int ret;
+	int ret, k;
 
 	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0) ||
 	    ovl_node_find(fs, dir, de->name) ||
@@ -343,17 +359,21 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 	ret = ovl_node_path(dir, path, sizeof(path));
 	if (ret)
 		goto out;
-	for (ret = 0; ret < dir->nlent && dir->lent[ret].layer != de->layer; ret++)
-		;
-	if (ret == dir->nlent || dir->lent[ret].path || d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ||
+	k = ovl_listed_lent(fs, dir, de);
+	if (k < 0 || d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ||
 	    ovl_node_find(fs, dir, de->name)) {
 		pthread_rwlock_unlock(&fs->tree_lock);
 		return ovl_lookup(fs, dir, de->name, out, st);
 	}
-	ret = l->ops->lookup(l, &(struct lnode){ path, dir->lent[ret].ref }, de->name, &ln,
-			     &res.st);
-	if (ret)
-		goto out;
+	if (pre && pre->ok) {           /* looked up ahead, and nothing changed since */
+		res.st = pre->st;
+		ln.ref = pre->ref;
+	} else {
+		ret = l->ops->lookup(l, &(struct lnode){ path, dir->lent[k].ref }, de->name, &ln,
+				     &res.st);
+		if (ret)
+			goto out;
+	}
 	res.lent = calloc(1, sizeof(*res.lent));
 	if (!res.lent) {
 		ret = -ENOMEM;
@@ -377,4 +397,58 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 out:
 	pthread_rwlock_unlock(&fs->tree_lock);
 	return ret;
+}
+
+int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, size_t max)
+{
+	char path[PATH_MAX];
+	uint64_t *ref;                  /* per layer: dir's ref there */
+	bool *in;                       /* per layer: dir is there, at the merged path */
+	size_t i;
+	int ret, k;
+
+	if (max > d->n)
+		max = d->n;
+	if (!max)
+		return 0;
+	if (!d->pre && !(d->pre = calloc(d->n, sizeof(*d->pre))))
+		return -ENOMEM;
+	ref = calloc(fs->nlayers, sizeof(*ref));
+	in = calloc(fs->nlayers, sizeof(*in));
+	if (!ref || !in) {
+		free(ref);
+		free(in);
+		return -ENOMEM;
+	}
+	/* Where dir is in each layer, as of the listing; then the lookups without the lock
+	 * (a namespace change meanwhile changes fs->gen, and nothing found is used then). */
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST) ? -ESTALE :
+	      ovl_node_path(dir, path, sizeof(path));
+	for (k = 0; !ret && k < dir->nlent; k++) {
+		if (!dir->lent[k].path) {
+			in[dir->lent[k].layer] = true;
+			ref[dir->lent[k].layer] = dir->lent[k].ref;
+		}
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	for (i = 0; !ret && i < max; i++) {
+		const struct ovl_dirent *de = &d->ents[i];
+		struct layer *l = fs->layers[de->layer];
+		struct lnode ln;
+
+		if (de->type == DT_DIR || de->type == DT_UNKNOWN ||
+		    (fs->has_upper && de->layer == 0) || !in[de->layer])
+			continue;
+		if (l->ops->lookup(l, &(struct lnode){ path, ref[de->layer] }, de->name, &ln,
+				   &d->pre[i].st) == 0) {
+			d->pre[i].ref = ln.ref;
+			d->pre[i].ok = true;
+		}
+		if ((i & 63) == 63 && d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
+			break;          /* changed: what follows would not be used */
+	}
+	free(ref);
+	free(in);
+	return ret == -ESTALE ? 0 : ret;
 }

@@ -29,6 +29,23 @@ struct ovl_child {
 	bool temp;
 };
 
+/*
+ * A namespace change (create, link, unlink, rename) runs under copy_lock and bumps fs->gen
+ * at both ends: a listing read while one was under way never passes for current
+ * (ovl_lookup_listed, read-ahead listings).
+ */
+static void ovl_ns_begin(struct ovl_fs *fs)
+{
+	pthread_mutex_lock(&fs->copy_lock);
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+}
+
+static void ovl_ns_end(struct ovl_fs *fs)
+{
+	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&fs->copy_lock);
+}
+
 static int ovl_child_get(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath,
 			 const char *name, struct ovl_child *c)
 {
@@ -264,8 +281,7 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	/* A whiteout is ours to make: the kernel overlay refuses it too. */
 	if (S_ISCHR(mode) && rdev == makedev(0, 0))
 		return -EPERM;
-	pthread_mutex_lock(&fs->copy_lock);
-	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	ovl_ns_begin(fs);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (ret)
 		goto out;
@@ -310,7 +326,7 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	}
 	ret = ovl_new_node(fs, dir, name, path, out, st);
 out:
-	pthread_mutex_unlock(&fs->copy_lock);
+	ovl_ns_end(fs);
 	if (ret && lfd >= 0)
 		close(lfd);
 	else if (fd)
@@ -329,8 +345,7 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 
 	if (wh_is_reserved_name(name))
 		return -EINVAL;
-	pthread_mutex_lock(&fs->copy_lock);
-	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	ovl_ns_begin(fs);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (ret)
 		goto out;
@@ -377,7 +392,7 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 	}
 	pthread_rwlock_unlock(&fs->tree_lock);
 out:
-	pthread_mutex_unlock(&fs->copy_lock);
+	ovl_ns_end(fs);
 	return ret;
 }
 
@@ -489,8 +504,7 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 	bool wh;
 	int ret, pfd, orphan;
 
-	pthread_mutex_lock(&fs->copy_lock);
-	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	ovl_ns_begin(fs);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (!ret)
 		ret = ovl_child_get(fs, dir, dpath, name, &c);
@@ -531,7 +545,7 @@ int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool i
 put:
 	ovl_child_put(&c);
 out:
-	pthread_mutex_unlock(&fs->copy_lock);
+	ovl_ns_end(fs);
 	return ret;
 }
 
@@ -688,8 +702,7 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 		return -EINVAL;
 	if (!fs->has_upper)
 		return -EROFS;
-	pthread_mutex_lock(&fs->copy_lock);
-	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	ovl_ns_begin(fs);
 	ret = ovl_paths(fs, dir, name, dpath, path);
 	if (!ret)
 		ret = ovl_paths(fs, ndir, nname, ndpath, npath);
@@ -769,6 +782,6 @@ put_t:
 put_s:
 	ovl_child_put(&s);
 out:
-	pthread_mutex_unlock(&fs->copy_lock);
+	ovl_ns_end(fs);
 	return ret;
 }

@@ -83,6 +83,7 @@ struct ovl_fill_ctx {
 	const char *dpath;
 	struct lnode dir;
 	struct ovl_dir *out;
+	size_t max;                     /* stop with -E2BIG past this many entries; 0: no limit */
 	struct ovl_nameset seen;        /* names listed or hidden by a layer above */
 	struct ovl_nameset hidden_here; /* .wh. names of the current layer */
 	char **owned;                   /* strings the sets point at, freed at the end */
@@ -162,6 +163,8 @@ static int ovl_fill(void *vctx, const char *name, unsigned char d_type, uint64_t
 		if (ret == 0)
 			d_type = IFTODT(st.st_mode);
 	}
+	if (c->max && c->out->n >= c->max)
+		return -E2BIG;
 	own = ovl_own(c, name);
 	if (!own || ovl_set_add(&c->seen, own) < 0)
 		return -ENOMEM;
@@ -185,26 +188,42 @@ static int ovl_merge_hidden(struct ovl_fill_ctx *c)
 	return 0;
 }
 
-int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out)
+int ovl_dir_read_max(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out, size_t max)
 {
-	struct ovl_fill_ctx c = { .fs = fs, .out = out };
+	struct ovl_fill_ctx c = { .fs = fs, .out = out, .max = max };
 	char dpath[PATH_MAX];
-	int i, ret;
+	struct ovl_lent *where = NULL;
+	int i, nwhere = 0, ret;
 
 	memset(out, 0, sizeof(*out));
 	out->gen = __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST);
+	/* Where dir is in each layer, copied under the lock; the layers are read without it,
+	 * so readdirplus's node updates never wait for a listing (a rename meanwhile changes
+	 * fs->gen, as it would while the lock was held: that is what users of the listing
+	 * check). */
 	pthread_rwlock_rdlock(&fs->tree_lock);
 	ret = ovl_node_path(dir, dpath, sizeof(dpath));
-	for (i = 0; !ret && i < dir->nlent; i++) {
-		c.layer_idx = dir->lent[i].layer;
+	if (!ret && !(where = calloc(dir->nlent ? dir->nlent : 1, sizeof(*where))))
+		ret = -ENOMEM;
+	for (i = 0; !ret && i < dir->nlent; i++, nwhere++) {
+		where[i].layer = dir->lent[i].layer;
+		where[i].ref = dir->lent[i].ref;
+		if (!(where[i].path = strdup(ovl_lent_path(&dir->lent[i], dpath))))
+			ret = -ENOMEM;
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	for (i = 0; !ret && i < nwhere; i++) {
+		c.layer_idx = where[i].layer;
 		c.layer = fs->layers[c.layer_idx];
-		c.dir.path = ovl_lent_path(&dir->lent[i], dpath);
-		c.dir.ref = dir->lent[i].ref;
+		c.dir.path = where[i].path;
+		c.dir.ref = where[i].ref;
 		ret = c.layer->ops->readdir(c.layer, &c.dir, ovl_fill, &c);
 		if (!ret)
 			ret = ovl_merge_hidden(&c);
 	}
-	pthread_rwlock_unlock(&fs->tree_lock);
+	for (i = 0; i < nwhere; i++)
+		free(where[i].path);
+	free(where);
 	while (c.nowned)
 		free(c.owned[--c.nowned]);
 	free(c.owned);
@@ -215,6 +234,11 @@ int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out)
 	return ret;
 }
 
+int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out)
+{
+	return ovl_dir_read_max(fs, dir, out, 0);
+}
+
 void ovl_dir_free(struct ovl_dir *d)
 {
 	size_t i;
@@ -222,5 +246,6 @@ void ovl_dir_free(struct ovl_dir *d)
 	for (i = 0; i < d->n; i++)
 		free(d->ents[i].name);
 	free(d->ents);
+	free(d->pre);
 	memset(d, 0, sizeof(*d));
 }

@@ -18,6 +18,10 @@
  * that ask for it carry flags libfuse 3.14 drops, so our read callback notes them for the
  * handler, which runs on the same thread (pt_kill_request()).
  *
+ * It also gives libfuse 3.14 O_TMPFILE, which it does not know: FUSE_TMPFILE's request and
+ * reply are a CREATE's (the name is "/", which the kernel gives the unnamed dentry), so the
+ * read callback hands it on as a CREATE and the create handler tells it by that name.
+ *
  * This file goes away once libfuse >= 3.16 is the floor.
  */
 #define FUSE_USE_VERSION 312
@@ -41,6 +45,7 @@
  * parallel_direct_writes and passthrough itself (no keep_cache: there is no cache). */
 #define PT_FOPEN_ALLOWED            ((1u << 0) | (1u << 5) | (1u << 6) | PT_FOPEN_PASSTHROUGH)
 #define PT_MAX_STACK_DEPTH          1
+#define PT_FUSE_TMPFILE             51      /* kernel 6.0, ABI 7.37 */
 
 struct pt_backing_map {
 	int32_t fd;
@@ -154,6 +159,8 @@ static ssize_t pt_read(int fd, void *buf, size_t len, void *ud)
 	pt_kill = PT_KILL_NONE;
 	if (r < (ssize_t)sizeof(*in))
 		return r;
+	if (in->opcode == PT_FUSE_TMPFILE)
+		((struct fuse_in_header *)buf)->opcode = FUSE_CREATE;
 	if (pt->killpriv)
 		pt_kill = pt_classify(in, r);
 	if (in->opcode == FUSE_INIT && r >= (ssize_t)(sizeof(*in) + sizeof(struct fuse_init_in))) {
@@ -250,6 +257,7 @@ int pt_attach(struct pt_state *pt, struct fuse_session *se)
 	pthread_mutex_init(&t->lock, NULL);
 	pt->lock = t;
 	pt->devfd = fuse_session_fd(se);
+	pt->shim = true;
 	return fuse_session_custom_io(se, &io, pt->devfd);
 }
 

@@ -16,6 +16,7 @@ struct pt_state {
 	bool wanted;                    /* we asked for it in INIT */
 	bool active;                    /* the kernel offered it and we accepted */
 	bool killpriv;                  /* FUSE_HANDLE_KILLPRIV_V2 is on (with passthrough) */
+	bool shim;                      /* our read/writev callbacks are attached */
 	/* Backing id for the file handle in an OPEN/CREATE reply, or 0 for none. */
 	int (*backing_of)(uint64_t fh);
 	void *lock;                     /* private: the unique -> opcode table */

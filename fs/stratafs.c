@@ -726,8 +726,15 @@ static void sfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	ret = ovl_create(&sfs_of(req)->fs, sfs_node(req, parent), name, S_IFREG | (mode & 07777),
-			 0, NULL, fi->flags & ~O_DIRECT, &cred, &n, &st, &fd);
+	/* "/", a name the kernel never sends: an O_TMPFILE open (FUSE_TMPFILE, which our
+	 * shim hands to libfuse as the CREATE it looks like: fs/passthrough.c). */
+	if (!strcmp(name, "/"))
+		ret = ovl_tmpfile(&sfs_of(req)->fs, sfs_node(req, parent), S_IFREG | (mode & 07777),
+				  fi->flags & ~O_DIRECT, &cred, &n, &st, &fd);
+	else
+		ret = ovl_create(&sfs_of(req)->fs, sfs_node(req, parent), name,
+				 S_IFREG | (mode & 07777), 0, NULL, fi->flags & ~O_DIRECT, &cred,
+				 &n, &st, &fd);
 	if (ret) {
 		free(fh);
 		fuse_reply_err(req, -ret);
@@ -1310,8 +1317,8 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 
 	if (s->cfg.writeback && s->fs.has_upper && !s->pt.wanted)
 		want |= FUSE_CAP_WRITEBACK_CACHE;
-	/* Our passthrough shim reads requests itself (to see their opcodes). */
-	if (s->pt.wanted)
+	/* Our shim reads requests itself (to see their opcodes). */
+	if (s->pt.shim)
 		want &= ~FUSE_CAP_SPLICE_READ;
 	/* The kernel checks ACLs (from system.posix_acl_access) and leaves umask and default
 	 * ACL inheritance to us (FUSE_CAP_DONT_MASK, ovl_create). */
@@ -1322,7 +1329,7 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	if (!s->cfg.writeback || s->pt.wanted)
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-	if (s->pt.wanted)
+	if (s->pt.shim)
 		conn->want &= ~FUSE_CAP_SPLICE_READ;
 	/* Read-only and nothing to pass through: let the kernel open files itself. */
 	if (!s->fs.has_upper && !s->pt.wanted && (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT)) {
@@ -1514,8 +1521,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	s.pt.backing_of = sfs_backing_of;
-	if (s.pt.wanted && pt_attach(&s.pt, se) < 0) {
-		fprintf(stderr, "stratafs: cannot set up passthrough\n");
+	/* The shim (fs/passthrough.c) does passthrough, and O_TMPFILE on writable mounts. */
+	if ((s.pt.wanted || s.fs.has_upper) && pt_attach(&s.pt, se) < 0) {
+		fprintf(stderr, "stratafs: cannot set up the /dev/fuse shim\n");
 		fuse_session_unmount(se);
 		fuse_session_destroy(se);
 		return 1;

@@ -29,7 +29,7 @@ TESTS = Path(__file__).resolve().parent
 # Runs inside the target environment; argv[1] is a JSON config.  Builds the same layers
 # for each "side", runs the named operation list, prints snapshots as JSON.
 INNER = r'''
-import json, os, stat, sys
+import ctypes, json, os, stat, sys
 sys.path.insert(0, sys.argv[2])
 import union
 from union import E, Log
@@ -79,6 +79,19 @@ def ops_basic(L):
     L.do("ls opq", lambda: sorted(os.listdir(L.p("opq"))))
     L.do("ls opqw", lambda: sorted(os.listdir(L.p("opqw"))))
     L.do("utime", os.utime, L.p("h1"), ns=(1_050_000_000 * 10**9, 1_050_000_000 * 10**9))
+    fd = L.do("tmpfile", os.open, L.p("d"), os.O_TMPFILE | os.O_RDWR, 0o640)
+    if isinstance(fd, int):
+        os.write(fd, b"tmp")
+        L.do("tmpfile link", linkat_empty, fd, L.p("d/tmpfile"))
+        os.close(fd)
+        L.do("tmpfile read", lambda: open(L.p("d/tmpfile"), "rb").read())
+
+def linkat_empty(fd, dst):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.linkat(fd, b"", -100, dst.encode(), 0x1000) != 0:    # AT_EMPTY_PATH
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return "ok"
 
 def ops_owners(L):
     L.do("new", wr, L.p("new"), b"new")
@@ -250,6 +263,8 @@ def test_userns_against_kernel(tdir, impl):
         if d:
             problems.append("the kernel reads the rootless upper differently:\n" + d)
     assert i["daemon_exited"], "daemon still running after fusermount3 -u"
+    klog = dict((x[0], x[1]) for x in k["log"])
+    assert klog["tmpfile link"] == "ok" and klog["tmpfile read"] == "hex:" + b"tmp".hex(), klog
     if problems:
         if union.impl_is_fuse_overlayfs():
             pytest.xfail("fuse-overlayfs differs: " + problems[0][:300])
@@ -284,7 +299,8 @@ def test_unprivileged_user_fusermount(tdir, impl):
     assert log["append"] == 4 and log["unlink"] is None and log["rename"] is None, log
     assert log["ls opq"] == ["v"] and log["ls opqw"] == ["v"], log
     assert log["ls again"] == [], log
-    up = i["upper"]
+    assert isinstance(log["tmpfile"], int), log        # O_TMPFILE works (naming it is
+    up = i["upper"]                                     # the kernel's call: CAP_DAC_...)
     assert up["d/b"] == {"type": "whiteout"} and up["d/sub"].get("opaque"), up
     assert up["bottom"]["uid"] == UID and up["bottom"]["mode"] == "0o640", up["bottom"]
     upper = Path(i["upperdir"])

@@ -1017,24 +1017,61 @@ def test_o_direct(tdir):
 
 @fo_differs("no O_TMPFILE")
 def test_o_tmpfile(tdir):
+    """O_TMPFILE in a lower directory (copied up first) and an upper one: written, chmod'ed,
+    linked (once, twice, into another directory), never linked (leaves nothing), and with
+    O_EXCL (never linkable)."""
     O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 
+    def tmp(L, label, d, flags=os.O_RDWR, mode=0o600):
+        return L.do(label, os.open, L.p(d), O_TMPFILE | flags, mode)
+
+    def linkat_empty(fd, dst):
+        # linkat(fd, "", AT_FDCWD, dst, AT_EMPTY_PATH): how a program names its tmpfile
+        if _libc.linkat(fd, b"", -100, dst.encode(), 0x1000) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return "ok"
+
+    def link(L, label, fd, dst):
+        return L.do(label, linkat_empty, fd, L.p(dst))
+
     def ops(L):
-        fd = L.do("open", os.open, L.p("nested/deep"), O_TMPFILE | os.O_RDWR, 0o600)
+        fd = tmp(L, "open", "nested/deep")
+        if not isinstance(fd, int):
+            return
+        os.write(fd, b"tmp")
+        L.do("nlink before link", lambda: os.fstat(fd).st_nlink)
+        L.do("link through /proc", os.link, f"/proc/self/fd/{fd}", L.p("nested/deep/p"),
+             follow_symlinks=True)
+        link(L, "link", fd, "nested/deep/linked")
+        L.do("nlink after link", lambda: os.fstat(fd).st_nlink)
+        os.write(fd, b" more")
+        link(L, "link again", fd, "dirA/second")
+        link(L, "link over a name", fd, "a.txt")
+        os.close(fd)
+        L.do("read", lambda: open(L.p("dirA/second"), "rb").read())
+
+        fd = tmp(L, "open unlinked", "dirA", os.O_WRONLY, 0o644)
+        os.write(fd, b"never named")
+        L.do("fchmod", os.fchmod, fd, 0o640)
+        L.do("fstat", lambda: oct(os.fstat(fd).st_mode))
+        os.close(fd)
+
+        fd = tmp(L, "open chmod then link", "dirA")
+        L.do("fchmod", os.fchmod, fd, 0o604)
+        L.do("ftruncate", os.ftruncate, fd, 4096)
+        link(L, "link", fd, "dirA/chmodded")
+        os.close(fd)
+
+        fd = tmp(L, "open excl", "dirA", os.O_RDWR | os.O_EXCL)
         if isinstance(fd, int):
-            os.write(fd, b"tmp")
-            L.do("link", os.link, f"/proc/self/fd/{fd}", L.p("nested/deep/linked"),
-                 follow_symlinks=True)
+            link(L, "link excl", fd, "dirA/excl")
             os.close(fd)
         L.do("ls", ls, L.p("nested/deep"))
+        L.do("ls", ls, L.p("dirA"))
     k = run_side("kernel", tdir / "probe", rich_stack(), ops, None, ())
     if k.log[0][1] == "EOPNOTSUPP":
         pytest.skip("the kernel overlay has no O_TMPFILE here")
-    i = run_side("impl", tdir / "probe-impl", rich_stack(), ops, None, ())
-    if not union.impl_is_fuse_overlayfs() and i.log[0][1] in ("EOPNOTSUPP", "ENOTSUP"):
-        # libfuse 3.14 (Debian 12) has no tmpfile operation, so the kernel's FUSE_TMPFILE
-        # gets ENOSYS and O_TMPFILE fails cleanly; documented in Documentation/design.md.
-        pytest.xfail("stratafs on libfuse 3.14: no O_TMPFILE (fails with EOPNOTSUPP)")
     run_diff(tdir, rich_stack(), ops)
 
 

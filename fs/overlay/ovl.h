@@ -80,6 +80,8 @@ struct ovl_node {
 	int orphan_fd;                  /* gone while the kernel knows it: O_PATH to the
 					 * unlinked upper file (fstat, open, setattr through
 					 * /proc) until forgotten, or -1 */
+	bool tmpfile;                   /* made by O_TMPFILE and not linked yet (gone,
+					 * orphan_fd set): LINK names it */
 	struct ovl_alias *aliases;      /* its other names (upper hard links) */
 	ino_t hl_ino;                   /* upper inode in fs->hl_hash, or 0 */
 	struct ovl_node *hl_next;
@@ -240,6 +242,10 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	       struct ovl_node **out, struct stat *st, int *fd);
 int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, const char *name,
 	     struct ovl_node **out, struct stat *st);
+/* An unnamed file for dir (O_TMPFILE): a node with no name and its open fd in *fd; LINK of
+ * the node (ovl_link) names it. */
+int ovl_tmpfile(struct ovl_fs *fs, struct ovl_node *dir, mode_t mode, int oflags,
+		const struct ovl_cred *cred, struct ovl_node **out, struct stat *st, int *fd);
 int ovl_unlink(struct ovl_fs *fs, struct ovl_node *dir, const char *name, bool isdir);
 int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	       struct ovl_node *ndir, const char *nname, unsigned int flags);
@@ -249,6 +255,7 @@ void ovl_map_stat(struct ovl_fs *fs, struct stat *st);
 uid_t ovl_uid_to_host(struct ovl_fs *fs, uid_t uid);
 gid_t ovl_gid_to_host(struct ovl_fs *fs, gid_t gid);
 int ovl_override_read(struct ovl_fs *fs, const char *procpath, struct stat *st);
+int ovl_override_write_fd(struct ovl_fs *fs, int fd, uid_t uid, gid_t gid, mode_t mode);
 int ovl_override_write(struct ovl_fs *fs, const char *procpath, uid_t uid, gid_t gid,
 		       mode_t mode);
 

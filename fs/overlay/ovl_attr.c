@@ -88,3 +88,13 @@ int ovl_override_write(struct ovl_fs *fs, const char *procpath, uid_t uid, gid_t
 		return -errno;
 	return 0;
 }
+
+int ovl_override_write_fd(struct ovl_fs *fs, int fd, uid_t uid, gid_t gid, mode_t mode)
+{
+	char buf[64];
+	int n = snprintf(buf, sizeof(buf), "%u:%u:0%o", uid, gid, mode & 07777);
+
+	if (fsetxattr(fd, ovl_override_name(fs), buf, n, 0) < 0)
+		return -errno;
+	return 0;
+}

@@ -112,23 +112,30 @@ static int ovl_install(struct ovl_fs *fs, const char *tmp, const char *dpath, co
 	return 0;
 }
 
-static int ovl_set_owner(struct ovl_fs *fs, const char *tmp, const struct stat *pst,
+/* Owner (and the set-id bits chown clears) of the new entry work/tmp -- or, when fd >= 0,
+ * of the file open as fd (O_TMPFILE, which has no name). */
+static int ovl_set_owner(struct ovl_fs *fs, const char *tmp, int fd, const struct stat *pst,
 			 const struct ovl_cred *cred, mode_t mode)
 {
 	char proc[PATH_MAX];
 	uid_t uid = ovl_uid_to_host(fs, cred->uid);
 	gid_t gid = (pst->st_mode & S_ISGID) ? pst->st_gid : ovl_gid_to_host(fs, cred->gid);
+	gid_t shown = (pst->st_mode & S_ISGID) ? pst->st_gid : cred->gid;
 
 	if (fs->o.xattr_permissions) {
+		if (S_ISLNK(mode))
+			return 0;
+		if (fd >= 0)
+			return ovl_override_write_fd(fs, fd, cred->uid, shown, mode);
 		fd_path(proc, sizeof(proc), fs->work_fd, tmp);
-		return S_ISLNK(mode) ? 0 : ovl_override_write(fs, proc, cred->uid,
-					(pst->st_mode & S_ISGID) ? pst->st_gid : cred->gid, mode);
+		return ovl_override_write(fs, proc, cred->uid, shown, mode);
 	}
-	if (fchownat(fs->work_fd, tmp, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 && !fs->rootless)
+	if ((fd >= 0 ? fchown(fd, uid, gid) : fchownat(fs->work_fd, tmp, uid, gid,
+						      AT_SYMLINK_NOFOLLOW)) < 0 && !fs->rootless)
 		return -errno;
 	/* chown clears set-id bits; the mode asked for still wants them. */
 	if (!S_ISLNK(mode) && (mode & (S_ISUID | S_ISGID)) &&
-	    fchmodat(fs->work_fd, tmp, mode & 07777, 0) < 0)
+	    (fd >= 0 ? fchmod(fd, mode & 07777) : fchmodat(fs->work_fd, tmp, mode & 07777, 0)) < 0)
 		return -errno;
 	return 0;
 }
@@ -195,8 +202,9 @@ static acl_t ovl_acl_masked(acl_t def, mode_t *mode)
 }
 
 /* New entries are made in workdir, away from their parent, so the parent's default ACL
- * is applied here -- or, without one, the caller's umask. */
-static int ovl_inherit_acl(struct ovl_fs *fs, const char *dpath, const char *tmp,
+ * is applied here -- or, without one, the caller's umask.  To work/tmp, or to the file open
+ * as fd when fd >= 0. */
+static int ovl_inherit_acl(struct ovl_fs *fs, const char *dpath, const char *tmp, int fd,
 			   mode_t *mode, mode_t umask)
 {
 	char pp[PATH_MAX + 32], tp[PATH_MAX + 32];
@@ -206,19 +214,21 @@ static int ovl_inherit_acl(struct ovl_fs *fs, const char *dpath, const char *tmp
 	if (S_ISLNK(*mode))
 		return 0;
 	if (fd_path(pp, sizeof(pp), fs->upper_fd, dpath) ||
-	    fd_path(tp, sizeof(tp), fs->work_fd, tmp))
+	    (fd < 0 && fd_path(tp, sizeof(tp), fs->work_fd, tmp)))
 		return -ENAMETOOLONG;
 	def = acl_get_file(pp, ACL_TYPE_DEFAULT);
 	if (!def || acl_entries(def) <= 0) {
 		if (def)
 			acl_free(def);
 		*mode &= ~umask;
+		if (fd >= 0)
+			return fchmod(fd, *mode & 07777) < 0 ? -errno : 0;
 		return fchmodat(fs->work_fd, tmp, *mode & 07777, 0) < 0 ? -errno : 0;
 	}
 	acc = ovl_acl_masked(def, mode);
-	if (!acc || acl_set_file(tp, ACL_TYPE_ACCESS, acc) < 0)
+	if (!acc || (fd >= 0 ? acl_set_fd(fd, acc) : acl_set_file(tp, ACL_TYPE_ACCESS, acc)) < 0)
 		ret = -errno;
-	if (!ret && S_ISDIR(*mode) && acl_set_file(tp, ACL_TYPE_DEFAULT, def) < 0)
+	if (!ret && fd < 0 && S_ISDIR(*mode) && acl_set_file(tp, ACL_TYPE_DEFAULT, def) < 0)
 		ret = -errno;
 	if (acc)
 		acl_free(acc);
@@ -306,9 +316,9 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 		ret = ovl_make_tmp(fs, tmp, mode, rdev, link, oflags, &lfd);
 	if (ret)
 		goto out;
-	ret = ovl_inherit_acl(fs, dpath, tmp, &mode, cred->umask);
+	ret = ovl_inherit_acl(fs, dpath, tmp, -1, &mode, cred->umask);
 	if (!ret)
-		ret = ovl_set_owner(fs, tmp, &pst, cred, mode);
+		ret = ovl_set_owner(fs, tmp, -1, &pst, cred, mode);
 	/* A new directory where a lower one is whited out must not let it show through. */
 	if (!ret && S_ISDIR(mode) && ((!fs->o.no_redirect && dir->nlent > 1) ||
 				       ovl_lower_has(fs, dir, dpath, name))) {
@@ -336,6 +346,126 @@ out:
 	return ret;
 }
 
+/*
+ * O_TMPFILE: an unnamed file for dir, made with O_TMPFILE in workdir (the upper's file
+ * system, so a later link lands it in the upper), with the caller's O_EXCL (never
+ * linkable then).  Owner, mode and inherited ACL are set the way ovl_create sets them, but
+ * through the fd: a link to a temporary name would do for the path-based calls, but the
+ * first link of an O_TMPFILE file makes it unlinkable once that name is gone again.  The
+ * node is born gone (no name, like an unlinked open file) and reaches its file through
+ * orphan_fd; *st says nlink 1, which the kernel's d_tmpfile() drops to 0.  dir is copied
+ * up first, as the kernel overlay does.
+ */
+int ovl_tmpfile(struct ovl_fs *fs, struct ovl_node *dir, mode_t mode, int oflags,
+		const struct ovl_cred *cred, struct ovl_node **out, struct stat *st, int *fd)
+{
+	char dpath[PATH_MAX], path[PATH_MAX], proc[64];
+	struct ovl_res res = { 0 };
+	struct ovl_node *n = NULL;
+	struct stat pst;
+	int ret, lfd = -1, ofd = -1;
+
+	if (!fs->has_upper)
+		return -EROFS;
+	pthread_mutex_lock(&fs->copy_lock);
+	ret = ovl_paths(fs, dir, "x", dpath, path);
+	if (!ret)
+		ret = ovl_copy_up(fs, dir);
+	if (!ret && fstatat(fs->upper_fd, *dpath ? dpath : ".", &pst, 0) < 0)
+		ret = -errno;
+	if (!ret) {
+		lfd = openat(fs->work_fd, ".", (oflags & ~(O_CREAT | O_TRUNC | O_NOFOLLOW |
+							   O_DIRECTORY)) | O_TMPFILE | O_CLOEXEC,
+			     mode & 07777);
+		if (lfd < 0)
+			ret = -errno;
+	}
+	if (!ret)
+		ret = ovl_inherit_acl(fs, dpath, NULL, lfd, &mode, cred->umask);
+	if (!ret)
+		ret = ovl_set_owner(fs, NULL, lfd, &pst, cred, mode);
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", lfd);
+	if (!ret && (fstat(lfd, &res.st) < 0 ||
+		     (ofd = openat(AT_FDCWD, proc, O_PATH | O_CLOEXEC)) < 0))
+		ret = -errno;
+	if (!ret && !(res.lent = calloc(1, sizeof(*res.lent))))
+		ret = -ENOMEM;
+	if (!ret) {
+		res.nlent = 1;
+		res.lent[0].ref = res.st.st_ino;
+		pthread_rwlock_wrlock(&fs->tree_lock);
+		n = ovl_node_new(fs, dir, "/", &res);   /* a name no lookup can ask for */
+		if (n) {
+			ovl_node_unhash(fs, n);
+			n->gone = 2;
+			n->tmpfile = true;
+			n->orphan_fd = ofd;
+			ofd = -1;
+			n->nlookup = 1;
+			*st = res.st;
+			ovl_map_stat(fs, st);
+			st->st_ino = n->ino;
+			st->st_nlink = 1;
+		}
+		pthread_rwlock_unlock(&fs->tree_lock);
+		if (!n)
+			ret = -ENOMEM;
+	}
+	pthread_mutex_unlock(&fs->copy_lock);
+	if (ofd >= 0)
+		close(ofd);
+	if (ret) {
+		if (lfd >= 0)
+			close(lfd);
+		return ret;
+	}
+	*out = n;
+	*fd = lfd;
+	return 0;
+}
+
+/* LINK of an O_TMPFILE node (ovl_tmpfile): its file gets the name, and the node the name
+ * (it is a plain upper file from then on).  Caller holds copy_lock; dir is in the upper. */
+static int ovl_link_tmpfile(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir,
+			    const char *name, const char *dpath, const char *path,
+			    struct ovl_node **out, struct stat *st)
+{
+	char proc[64], tmp[64];
+	int ret;
+
+	pthread_rwlock_rdlock(&fs->tree_lock);
+	ret = src->tmpfile ? ovl_node_orphan_path(src, proc, sizeof(proc)) : -ESTALE;
+	pthread_rwlock_unlock(&fs->tree_lock);
+	if (!ret)
+		ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+	if (ret)
+		return ret;
+	/* ENOENT for a file opened with O_EXCL: never linkable, as the kernel has it. */
+	if (linkat(AT_FDCWD, proc, fs->work_fd, tmp, AT_SYMLINK_FOLLOW) < 0)
+		return -errno;
+	ret = ovl_install(fs, tmp, dpath, name, path);
+	if (ret) {
+		unlinkat(fs->work_fd, tmp, 0);
+		return ret;
+	}
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	ret = fstatat(fs->upper_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	if (!ret && src->tmpfile) {
+		ovl_node_move(fs, src, dir, name);
+		src->gone = 0;
+		src->tmpfile = false;
+		close(src->orphan_fd);
+		src->orphan_fd = -1;
+		ret = ovl_stat_top(fs, src, path, st);
+	}
+	if (!ret) {
+		src->nlookup++;
+		*out = src;
+	}
+	pthread_rwlock_unlock(&fs->tree_lock);
+	return ret;
+}
+
 int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, const char *name,
 	     struct ovl_node **out, struct stat *st)
 {
@@ -354,6 +484,12 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 		if (!ret)
 			ovl_child_put(&c);
 		ret = ret ? ret : -EEXIST;
+		goto out;
+	}
+	if (src->tmpfile) {
+		ret = ovl_copy_up(fs, dir);
+		if (!ret)
+			ret = ovl_link_tmpfile(fs, src, dir, name, dpath, path, out, st);
 		goto out;
 	}
 	ret = ovl_copy_up(fs, src);

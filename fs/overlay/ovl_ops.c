@@ -346,6 +346,24 @@ out:
 	return ret;
 }
 
+/* A new name upper/path (in dpath) for the file at (odfd, opath): linked into workdir,
+ * then moved into place like any new entry. */
+static int ovl_link_into(struct ovl_fs *fs, int odfd, const char *opath, int flags,
+			 const char *dpath, const char *name, const char *path)
+{
+	char tmp[64];
+	int ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+
+	if (ret)
+		return ret;
+	if (linkat(odfd, opath, fs->work_fd, tmp, flags) < 0)
+		return -errno;
+	ret = ovl_install(fs, tmp, dpath, name, path);
+	if (ret)
+		unlinkat(fs->work_fd, tmp, 0);
+	return ret;
+}
+
 /*
  * O_TMPFILE: an unnamed file for dir, made with O_TMPFILE in workdir (the upper's file
  * system, so a later link lands it in the upper), with the caller's O_EXCL (never
@@ -430,24 +448,17 @@ static int ovl_link_tmpfile(struct ovl_fs *fs, struct ovl_node *src, struct ovl_
 			    const char *name, const char *dpath, const char *path,
 			    struct ovl_node **out, struct stat *st)
 {
-	char proc[64], tmp[64];
+	char proc[64];
 	int ret;
 
 	pthread_rwlock_rdlock(&fs->tree_lock);
 	ret = src->tmpfile ? ovl_node_orphan_path(src, proc, sizeof(proc)) : -ESTALE;
 	pthread_rwlock_unlock(&fs->tree_lock);
+	/* ENOENT for a file opened with O_EXCL: never linkable, as the kernel has it. */
 	if (!ret)
-		ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+		ret = ovl_link_into(fs, AT_FDCWD, proc, AT_SYMLINK_FOLLOW, dpath, name, path);
 	if (ret)
 		return ret;
-	/* ENOENT for a file opened with O_EXCL: never linkable, as the kernel has it. */
-	if (linkat(AT_FDCWD, proc, fs->work_fd, tmp, AT_SYMLINK_FOLLOW) < 0)
-		return -errno;
-	ret = ovl_install(fs, tmp, dpath, name, path);
-	if (ret) {
-		unlinkat(fs->work_fd, tmp, 0);
-		return ret;
-	}
 	pthread_rwlock_wrlock(&fs->tree_lock);
 	ret = fstatat(fs->upper_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
 	if (!ret && src->tmpfile) {
@@ -469,7 +480,7 @@ static int ovl_link_tmpfile(struct ovl_fs *fs, struct ovl_node *src, struct ovl_
 int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, const char *name,
 	     struct ovl_node **out, struct stat *st)
 {
-	char dpath[PATH_MAX], path[PATH_MAX], spath[PATH_MAX], tmp[64];
+	char dpath[PATH_MAX], path[PATH_MAX], spath[PATH_MAX];
 	struct ovl_child c;
 	int ret;
 
@@ -501,18 +512,9 @@ int ovl_link(struct ovl_fs *fs, struct ovl_node *src, struct ovl_node *dir, cons
 	ret = ovl_node_path(src, spath, sizeof(spath));
 	pthread_rwlock_unlock(&fs->tree_lock);
 	if (!ret)
-		ret = ovl_tmpname(fs, tmp, sizeof(tmp));
+		ret = ovl_link_into(fs, fs->upper_fd, spath, 0, dpath, name, path);
 	if (ret)
 		goto out;
-	if (linkat(fs->upper_fd, spath, fs->work_fd, tmp, 0) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	ret = ovl_install(fs, tmp, dpath, name, path);
-	if (ret) {
-		unlinkat(fs->work_fd, tmp, 0);
-		goto out;
-	}
 	/* One node for every name of the file: the kernel sees one inode (locks, nlink). */
 	pthread_rwlock_wrlock(&fs->tree_lock);
 	ret = fstatat(fs->upper_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;

@@ -871,10 +871,12 @@ static void sfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	fuse_reply_err(req, ENOSYS);
 }
 
+#define SFS_PRESTAT_MAX 4096
+
 /* The listing for a readdir at `off`: rebuilt when a read starts from the top (unless it
  * was read ahead and is still current: fs/dirahead.c), kept in the node until the reader
  * reaches the end.  Caller holds dir->lock. */
-static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off)
+static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off, bool plus)
 {
 	int ret;
 
@@ -889,6 +891,10 @@ static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off)
 	ovl_dir_free(dir->listing);
 	__atomic_add_fetch(&s->listings, 1, __ATOMIC_RELAXED);
 	ret = ovl_dir_read(&s->fs, dir, dir->listing);
+	/* readdirplus stats every entry: from one fd per layer, cheaper than one walk from the
+	 * layer root per entry (the cap keeps the per-entry memory of huge directories). */
+	if (!ret && plus && dir->listing->n <= SFS_PRESTAT_MAX)
+		ovl_dir_prestat(&s->fs, dir, dir->listing, dir->listing->n);
 	if (ret) {
 		free(dir->listing);
 		dir->listing = NULL;
@@ -923,7 +929,7 @@ static void sfs_do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		return;
 	}
 	pthread_mutex_lock(&dir->lock);
-	err = sfs_listing(s, dir, off);
+	err = sfs_listing(s, dir, off, plus);
 	if (err) {
 		pthread_mutex_unlock(&dir->lock);
 		free(buf);

@@ -71,6 +71,12 @@ struct layer *layer_dir_open(const char *path, int index, char *err, size_t errl
 struct layer *layer_image_open(const char *path, int index, char *err, size_t errlen);
 void layer_close(struct layer *l);
 
+/* Many lookups in one directory of a directory layer: an O_PATH fd of directory `path`
+ * (-ENOTSUP for other layers: use ops->lookup), then lookups relative to it, which skip
+ * walking the path from the layer root each time.  The caller closes the fd. */
+int layer_dir_fd(struct layer *l, const char *path);
+int layer_lookup_at(int dfd, const char *name, struct lnode *child, struct stat *st);
+
 /* Non-zero when the file at path starts with the SquashFS 4.0 magic "hsqs". */
 int layer_path_is_image(const char *path);
 

@@ -24,6 +24,8 @@ struct layer_file {
 	int fd;
 };
 
+static const struct layer_operations dir_ops;
+
 /* Path for the *xattr() calls, which have no *at() form: /proc/self/fd/ROOT/REL. */
 static int dir_proc_path(struct layer *l, const char *rel, char *buf, size_t size)
 {
@@ -60,6 +62,24 @@ static int dir_lookup(struct layer *l, const struct lnode *dir, const char *name
 	if (fstatat(l->root_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	child->ref = st->st_ino;
+	return 0;
+}
+
+int layer_dir_fd(struct layer *l, const char *path)
+{
+	int fd;
+
+	if (l->ops != &dir_ops)
+		return -ENOTSUP;
+	fd = openat(l->root_fd, *path ? path : ".", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+int layer_lookup_at(int dfd, const char *name, struct lnode *child, struct stat *st)
+{
+	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	child->ref = st->st_ino;        /* as dir_lookup */
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "overlay/ovl.h"
 #include "fdpath.h"
@@ -404,6 +405,8 @@ int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, 
 	char path[PATH_MAX];
 	uint64_t *ref;                  /* per layer: dir's ref there */
 	bool *in;                       /* per layer: dir is there, at the merged path */
+	int *dfd;                       /* per layer: an fd of dir there (layer_dir_fd), or
+					 * -1 not tried yet, < -1 none (use ops->lookup) */
 	size_t i;
 	int ret, k;
 
@@ -415,11 +418,15 @@ int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, 
 		return -ENOMEM;
 	ref = calloc(fs->nlayers, sizeof(*ref));
 	in = calloc(fs->nlayers, sizeof(*in));
-	if (!ref || !in) {
+	dfd = malloc(fs->nlayers * sizeof(*dfd));
+	if (!ref || !in || !dfd) {
 		free(ref);
 		free(in);
+		free(dfd);
 		return -ENOMEM;
 	}
+	for (k = 0; k < fs->nlayers; k++)
+		dfd[k] = -1;
 	/* Where dir is in each layer, as of the listing; then the lookups without the lock
 	 * (a namespace change meanwhile changes fs->gen, and nothing found is used then). */
 	pthread_rwlock_rdlock(&fs->tree_lock);
@@ -437,18 +444,30 @@ int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, 
 		struct layer *l = fs->layers[de->layer];
 		struct lnode ln;
 
+		int *fd = &dfd[de->layer], r;
+
 		if (de->type == DT_DIR || de->type == DT_UNKNOWN ||
 		    (fs->has_upper && de->layer == 0) || !in[de->layer])
 			continue;
-		if (l->ops->lookup(l, &(struct lnode){ path, ref[de->layer] }, de->name, &ln,
-				   &d->pre[i].st) == 0) {
+		if (*fd == -1 && (*fd = layer_dir_fd(l, path)) == -1)
+			*fd = -2;               /* -EPERM: not "not tried yet" */
+		if (*fd >= 0)
+			r = layer_lookup_at(*fd, de->name, &ln, &d->pre[i].st);
+		else
+			r = l->ops->lookup(l, &(struct lnode){ path, ref[de->layer] }, de->name,
+					   &ln, &d->pre[i].st);
+		if (r == 0) {
 			d->pre[i].ref = ln.ref;
 			d->pre[i].ok = true;
 		}
 		if ((i & 63) == 63 && d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
 			break;          /* changed: what follows would not be used */
 	}
+	for (k = 0; k < fs->nlayers; k++)
+		if (dfd[k] >= 0)
+			close(dfd[k]);
 	free(ref);
 	free(in);
+	free(dfd);
 	return ret == -ESTALE ? 0 : ret;
 }

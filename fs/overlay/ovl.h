@@ -23,7 +23,7 @@
 
 #include "layer/layer.h"
 
-#define OVL_HASH_BUCKETS 4096
+#define OVL_HASH_BUCKETS 65536   /* node and alias hashes (heap, touched as used) */
 
 struct ovl_lent {               /* where a node exists: layer index and backend ref */
 	int layer;
@@ -139,8 +139,8 @@ struct ovl_fs {
 	pthread_rwlock_t tree_lock;
 	pthread_mutex_t copy_lock;
 	pthread_mutex_t hash_lock[64];
-	struct ovl_node *hash[OVL_HASH_BUCKETS];
-	struct ovl_alias *alias_hash[OVL_HASH_BUCKETS];
+	struct ovl_node **hash;                 /* OVL_HASH_BUCKETS chains */
+	struct ovl_alias **alias_hash;          /* OVL_HASH_BUCKETS chains */
 	struct ovl_node *hl_hash[1024];         /* upper hard links by inode; tree_lock */
 	struct ovl_inomap *inomap;
 	struct ovl_devmap *devmap;

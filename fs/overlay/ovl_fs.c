@@ -183,7 +183,9 @@ int ovl_fs_init(struct ovl_fs *fs, char **lowers, int nlowers, const char *upper
 	fs->layers = calloc(fs->nlayers, sizeof(*fs->layers));
 	fs->inomap = calloc(1, sizeof(*fs->inomap));
 	fs->devmap = calloc(1, sizeof(*fs->devmap));
-	if (!fs->layers || !fs->inomap || !fs->devmap) {
+	fs->hash = calloc(OVL_HASH_BUCKETS, sizeof(*fs->hash));
+	fs->alias_hash = calloc(OVL_HASH_BUCKETS, sizeof(*fs->alias_hash));
+	if (!fs->layers || !fs->inomap || !fs->devmap || !fs->hash || !fs->alias_hash) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
@@ -257,4 +259,6 @@ void ovl_fs_destroy(struct ovl_fs *fs)
 	if (fs->work_fd >= 0)
 		close(fs->work_fd);
 	free(fs->layers);
+	free(fs->hash);
+	free(fs->alias_hash);
 }

@@ -350,14 +350,20 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 	struct layer *l = fs->layers[de->layer];
 	struct ovl_node *n;
 	struct lnode ln;
-	int ret, k;
+	/* The merged path is needed only to look the entry up now, or for xattr_permissions
+	 * (its override xattr); building it walks up the tree, once per entry. */
+	bool need_path = !(pre && pre->ok) || fs->o.xattr_permissions;
+	int ret = 0, k;
 
 	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0) ||
 	    ovl_node_find(fs, dir, de->name) ||
 	    d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
 		return ovl_lookup(fs, dir, de->name, out, st);
 	pthread_rwlock_wrlock(&fs->tree_lock);
-	ret = ovl_node_path(dir, path, sizeof(path));
+	if (need_path)
+		ret = ovl_node_path(dir, path, sizeof(path));
+	else
+		ret = dir->gone == 2 ? -ESTALE : 0;      /* as ovl_node_path() */
 	if (ret)
 		goto out;
 	k = ovl_listed_lent(fs, dir, de);
@@ -389,9 +395,9 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = ovl_join(path, de->name, cpath, sizeof(cpath));
+	ret = need_path ? ovl_join(path, de->name, cpath, sizeof(cpath)) : 0;
 	if (!ret) {
-		ovl_stat_fixup(fs, n, cpath, st);
+		ovl_stat_fixup(fs, n, need_path ? cpath : "", st);
 		n->nlookup++;
 		*out = n;
 	}

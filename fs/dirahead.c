@@ -21,7 +21,7 @@
  *   while fs->gen is unchanged (ovl_lookup_listed), and only for lower-layer
  *   non-directories, which never change.
  * - Bounds: at most DA_PENDING listings read ahead and not yet taken (the thread waits for
- *   the program to catch up), none with more than DA_MAX_ENTRIES entries, a queue of
+ *   the program to catch up), none with more than OVL_PRESTAT_MAX entries, a queue of
  *   DA_QUEUE directories (the oldest fall off, and one queued more than DA_QUEUED_NS ago is
  *   dropped: the walker went elsewhere).  Listings the program never took are freed once
  *   stale.
@@ -39,7 +39,6 @@
 
 #define DA_QUEUE        1024
 #define DA_PENDING      16              /* read ahead, not yet taken */
-#define DA_MAX_ENTRIES  4096
 #define DA_FRESH_NS     2000000000ll
 #define DA_QUEUED_NS    1000000000ll    /* queued longer than this: the walker went on */
 
@@ -67,16 +66,6 @@ static long long da_now(void)
 	return ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-static void da_put(struct da *da, struct ovl_node **n, size_t k)
-{
-	if (!k)
-		return;
-	pthread_rwlock_wrlock(&da->fs->tree_lock);
-	for (size_t i = 0; i < k; i++)
-		ovl_node_put(da->fs, n[i]);
-	pthread_rwlock_unlock(&da->fs->tree_lock);
-}
-
 static bool da_fresh(struct da *da, const struct ovl_dir *l)
 {
 	return l->gen == __atomic_load_n(&da->fs->gen, __ATOMIC_SEQ_CST) &&
@@ -85,9 +74,14 @@ static bool da_fresh(struct da *da, const struct ovl_dir *l)
 
 void da_queue(struct da *da, struct ovl_node **dirs, size_t n)
 {
-	struct ovl_node *drop[DA_QUEUE];
+	struct ovl_node *drop[DA_QUEUE];       /* at most one per entry of dirs */
 	long long now = da_now();
 	size_t nd = 0, i;
+
+	if (n > DA_QUEUE) {     /* dirs[0] ends on top: the last ones would fall off anyway */
+		ovl_node_put_many(da->fs, dirs + DA_QUEUE, n - DA_QUEUE);
+		n = DA_QUEUE;
+	}
 
 	for (i = 0; i < n; i++) {
 		pthread_mutex_lock(&dirs[i]->lock);
@@ -109,16 +103,10 @@ void da_queue(struct da *da, struct ovl_node **dirs, size_t n)
 		}
 		da->qt[da->qn] = now;
 		da->q[da->qn++] = dirs[i];
-		if (nd == DA_QUEUE) {
-			pthread_mutex_unlock(&da->lock);
-			da_put(da, drop, nd);
-			nd = 0;
-			pthread_mutex_lock(&da->lock);
-		}
 	}
 	pthread_cond_signal(&da->cond);
 	pthread_mutex_unlock(&da->lock);
-	da_put(da, drop, nd);
+	ovl_node_put_many(da->fs, drop, nd);
 }
 
 void da_reader(struct da *da, struct ovl_node *dir)
@@ -178,7 +166,7 @@ static int da_reap(struct da *da)
 			drop[nd++] = dir;
 	}
 	da->rn = k;
-	da_put(da, drop, nd);
+	ovl_node_put_many(da->fs, drop, nd);
 	return k;
 }
 
@@ -194,11 +182,11 @@ static void da_read(struct da *da, struct ovl_node *dir)
 		dir->ahead = DA_READING;
 	pthread_mutex_unlock(&dir->lock);
 	if (!want) {
-		da_put(da, &dir, 1);
+		ovl_node_put_many(da->fs, &dir, 1);
 		return;
 	}
 	l = calloc(1, sizeof(*l));
-	if (l && ovl_dir_read_max(da->fs, dir, l, DA_MAX_ENTRIES) != 0) {
+	if (l && ovl_dir_read_max(da->fs, dir, l, OVL_PRESTAT_MAX) != 0) {
 		free(l);
 		l = NULL;
 	}
@@ -228,7 +216,7 @@ static void da_read(struct da *da, struct ovl_node *dir)
 		__atomic_add_fetch(&da->read, 1, __ATOMIC_RELAXED);
 		da->ring[da->rn++] = dir;       /* the ring takes the reference */
 	} else {
-		da_put(da, &dir, 1);
+		ovl_node_put_many(da->fs, &dir, 1);
 	}
 }
 
@@ -268,7 +256,7 @@ static void *da_main(void *arg)
 		stale = da_now() - da->qt[da->qn] > DA_QUEUED_NS;
 		pthread_mutex_unlock(&da->lock);
 		if (stale)
-			da_put(da, &dir, 1);
+			ovl_node_put_many(da->fs, &dir, 1);
 		else
 			da_read(da, dir);
 	}
@@ -311,8 +299,8 @@ void da_stop(struct da *da)
 	pthread_mutex_unlock(&da->lock);
 	pthread_join(da->thr, NULL);
 	/* Listings still waiting stay with their nodes (freed with them). */
-	da_put(da, da->q, da->qn);
-	da_put(da, da->ring, da->rn);
+	ovl_node_put_many(da->fs, da->q, da->qn);
+	ovl_node_put_many(da->fs, da->ring, da->rn);
 	pthread_mutex_destroy(&da->lock);
 	pthread_cond_destroy(&da->cond);
 	pthread_cond_destroy(&da->done);

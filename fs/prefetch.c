@@ -94,14 +94,6 @@ void pf_dir_free(void *p)
 	free(d);
 }
 
-static void pf_put(struct pf *pf, struct ovl_node **n, size_t k)
-{
-	pthread_rwlock_wrlock(&pf->fs->tree_lock);
-	for (size_t i = 0; i < k; i++)
-		ovl_node_put(pf->fs, n[i]);
-	pthread_rwlock_unlock(&pf->fs->tree_lock);
-}
-
 /* dir leaves the queue: drop its names once all were handed out.  Caller holds dir->lock. */
 static void pf_dir_idle(struct ovl_node *dir)
 {
@@ -146,7 +138,7 @@ static void pf_trigger(struct pf *pf, struct ovl_node *dir, struct pf_dir *d)
 	ovl_node_get(dir);
 	if (!pf_enqueue(pf, dir)) {     /* full: a later trigger tries again */
 		d->queued = false;
-		pf_put(pf, &dir, 1);
+		ovl_node_put_many(pf->fs, &dir, 1);
 	}
 }
 
@@ -351,7 +343,7 @@ static void pf_chunk(struct pf *pf, struct ovl_node *dir)
 		free(names[i]);
 	}
 	done[nd++] = dir;
-	pf_put(pf, done, nd);
+	ovl_node_put_many(pf->fs, done, nd);
 }
 
 /* The directory queued last, or NULL.  Caller holds pf->lock. */
@@ -375,7 +367,7 @@ static void *pf_main(void *arg)
 		if (!dir)
 			break;                  /* stopping, nothing left */
 		if (__atomic_load_n(&pf->stop, __ATOMIC_ACQUIRE))
-			pf_put(pf, &dir, 1);    /* stopping: drop what is still queued */
+			ovl_node_put_many(pf->fs, &dir, 1);    /* stopping: drop what is still queued */
 		else
 			pf_chunk(pf, dir);
 		pthread_mutex_lock(&pf->lock);

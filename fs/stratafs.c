@@ -871,8 +871,6 @@ static void sfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 	fuse_reply_err(req, ENOSYS);
 }
 
-#define SFS_PRESTAT_MAX 4096
-
 /* The listing for a readdir at `off`: rebuilt when a read starts from the top (unless it
  * was read ahead and is still current: fs/dirahead.c), kept in the node until the reader
  * reaches the end.  Caller holds dir->lock. */
@@ -893,7 +891,7 @@ static int sfs_listing(struct sfs *s, struct ovl_node *dir, off_t off, bool plus
 	ret = ovl_dir_read(&s->fs, dir, dir->listing);
 	/* readdirplus stats every entry: from one fd per layer, cheaper than one walk from the
 	 * layer root per entry (the cap keeps the per-entry memory of huge directories). */
-	if (!ret && plus && dir->listing->n <= SFS_PRESTAT_MAX)
+	if (!ret && plus && dir->listing->n <= OVL_PRESTAT_MAX)
 		ovl_dir_prestat(&s->fs, dir, dir->listing, dir->listing->n);
 	if (ret) {
 		free(dir->listing);
@@ -1323,9 +1321,6 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 
 	if (s->cfg.writeback && s->fs.has_upper && !s->pt.wanted)
 		want |= FUSE_CAP_WRITEBACK_CACHE;
-	/* Our shim reads requests itself (to see their opcodes). */
-	if (s->pt.shim)
-		want &= ~FUSE_CAP_SPLICE_READ;
 	/* The kernel checks ACLs (from system.posix_acl_access) and leaves umask and default
 	 * ACL inheritance to us (FUSE_CAP_DONT_MASK, ovl_create). */
 	if (!s->cfg.noacl && !s->fs.o.noxattrs)
@@ -1335,6 +1330,7 @@ static void sfs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	if (!s->cfg.writeback || s->pt.wanted)
 		conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+	/* Our shim reads requests itself (to see their opcodes). */
 	if (s->pt.shim)
 		conn->want &= ~FUSE_CAP_SPLICE_READ;
 	/* Read-only and nothing to pass through: let the kernel open files itself. */

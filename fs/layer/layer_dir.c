@@ -57,12 +57,7 @@ static int dir_lookup(struct layer *l, const struct lnode *dir, const char *name
 	char path[PATH_MAX];
 	int ret = dir_join(dir->path, name, path, sizeof(path));
 
-	if (ret)
-		return ret;
-	if (fstatat(l->root_fd, path, st, AT_SYMLINK_NOFOLLOW) < 0)
-		return -errno;
-	child->ref = st->st_ino;
-	return 0;
+	return ret ? ret : layer_lookup_at(l->root_fd, path, child, st);
 }
 
 int layer_dir_fd(struct layer *l, const char *path)
@@ -79,7 +74,7 @@ int layer_lookup_at(int dfd, const char *name, struct lnode *child, struct stat 
 {
 	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
-	child->ref = st->st_ino;        /* as dir_lookup */
+	child->ref = st->st_ino;
 	return 0;
 }
 

@@ -185,6 +185,9 @@ void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, c
 void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup);
 void ovl_node_get(struct ovl_node *n);
 void ovl_node_put(struct ovl_fs *fs, struct ovl_node *n);
+/* Drop references the caller holds on n[0..k-1], under tree_lock exclusive (as FORGET
+ * frees nodes); no node lock may be held. */
+void ovl_node_put_many(struct ovl_fs *fs, struct ovl_node **n, size_t k);
 int ovl_node_path(struct ovl_node *n, char *buf, size_t size);
 int ovl_node_orphan_path(const struct ovl_node *n, char *buf, size_t size);
 int ovl_join(const char *dir, const char *name, char *buf, size_t size);
@@ -221,6 +224,8 @@ bool ovl_lower_has(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath, c
 int ovl_dir_read(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out);
 /* The same, giving up with -E2BIG once the listing would have more than max entries. */
 int ovl_dir_read_max(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *out, size_t max);
+/* Listings with more entries are not looked up ahead (each entry keeps a struct stat). */
+#define OVL_PRESTAT_MAX 4096
 /* Look up ahead, in their layers, the first `max` entries of d that readdirplus's fast path
  * (ovl_lookup_listed) would look up: listed non-directories of lower layers.  Stops early,
  * keeping what it has, when the namespace changes. */

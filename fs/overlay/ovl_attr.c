@@ -78,23 +78,26 @@ int ovl_override_read(struct ovl_fs *fs, const char *procpath, struct stat *st)
 	return 0;
 }
 
-int ovl_override_write(struct ovl_fs *fs, const char *procpath, uid_t uid, gid_t gid,
-		       mode_t mode)
+/* Through procpath, or through fd when procpath is NULL. */
+static int ovl_override_set(struct ovl_fs *fs, const char *procpath, int fd, uid_t uid,
+			    gid_t gid, mode_t mode)
 {
 	char buf[64];
 	int n = snprintf(buf, sizeof(buf), "%u:%u:0%o", uid, gid, mode & 07777);
 
-	if (lsetxattr(procpath, ovl_override_name(fs), buf, n, 0) < 0)
+	if ((procpath ? lsetxattr(procpath, ovl_override_name(fs), buf, n, 0)
+		      : fsetxattr(fd, ovl_override_name(fs), buf, n, 0)) < 0)
 		return -errno;
 	return 0;
 }
 
+int ovl_override_write(struct ovl_fs *fs, const char *procpath, uid_t uid, gid_t gid,
+		       mode_t mode)
+{
+	return ovl_override_set(fs, procpath, -1, uid, gid, mode);
+}
+
 int ovl_override_write_fd(struct ovl_fs *fs, int fd, uid_t uid, gid_t gid, mode_t mode)
 {
-	char buf[64];
-	int n = snprintf(buf, sizeof(buf), "%u:%u:0%o", uid, gid, mode & 07777);
-
-	if (fsetxattr(fd, ovl_override_name(fs), buf, n, 0) < 0)
-		return -errno;
-	return 0;
+	return ovl_override_set(fs, NULL, fd, uid, gid, mode);
 }

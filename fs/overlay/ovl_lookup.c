@@ -327,14 +327,20 @@ out:
  * as nothing in the namespace changed since the listing was read.
  */
 
+/* Whether the fast path can apply to de: a listed non-directory of a lower layer. */
+static bool ovl_listed_candidate(const struct ovl_fs *fs, const struct ovl_dirent *de)
+{
+	return de->type != DT_DIR && de->type != DT_UNKNOWN && !(fs->has_upper && de->layer == 0);
+}
+
 /* The index in dir->lent of the layer de shows from when the fast path applies to it (a
- * listed non-directory of a lower layer, that layer's directory at the merged path), or
- * -1.  Caller holds tree_lock. */
+ * candidate, and that layer's directory is at the merged path), or -1.  Caller holds
+ * tree_lock. */
 static int ovl_listed_lent(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_dirent *de)
 {
 	int k;
 
-	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0))
+	if (!ovl_listed_candidate(fs, de))
 		return -1;
 	for (k = 0; k < dir->nlent && dir->lent[k].layer != de->layer; k++)
 		;
@@ -355,8 +361,7 @@ int ovl_lookup_listed(struct ovl_fs *fs, struct ovl_node *dir, const struct ovl_
 	bool need_path = !(pre && pre->ok) || fs->o.xattr_permissions;
 	int ret = 0, k;
 
-	if (de->type == DT_DIR || de->type == DT_UNKNOWN || (fs->has_upper && de->layer == 0) ||
-	    ovl_node_find(fs, dir, de->name) ||
+	if (!ovl_listed_candidate(fs, de) || ovl_node_find(fs, dir, de->name) ||
 	    d->gen != __atomic_load_n(&fs->gen, __ATOMIC_SEQ_CST))
 		return ovl_lookup(fs, dir, de->name, out, st);
 	pthread_rwlock_wrlock(&fs->tree_lock);
@@ -449,11 +454,9 @@ int ovl_dir_prestat(struct ovl_fs *fs, struct ovl_node *dir, struct ovl_dir *d, 
 		const struct ovl_dirent *de = &d->ents[i];
 		struct layer *l = fs->layers[de->layer];
 		struct lnode ln;
-
 		int *fd = &dfd[de->layer], r;
 
-		if (de->type == DT_DIR || de->type == DT_UNKNOWN ||
-		    (fs->has_upper && de->layer == 0) || !in[de->layer])
+		if (!ovl_listed_candidate(fs, de) || !in[de->layer])
 			continue;
 		if (*fd == -1 && (*fd = layer_dir_fd(l, path)) == -1)
 			*fd = -2;               /* -EPERM: not "not tried yet" */

@@ -227,6 +227,16 @@ void ovl_node_put(struct ovl_fs *fs, struct ovl_node *n)
 		ovl_node_free_chain(fs, n);
 }
 
+void ovl_node_put_many(struct ovl_fs *fs, struct ovl_node **n, size_t k)
+{
+	if (!k)
+		return;
+	pthread_rwlock_wrlock(&fs->tree_lock);
+	for (size_t i = 0; i < k; i++)
+		ovl_node_put(fs, n[i]);
+	pthread_rwlock_unlock(&fs->tree_lock);
+}
+
 void ovl_node_forget(struct ovl_fs *fs, struct ovl_node *n, uint64_t nlookup)
 {
 	if (!n->parent)

@@ -10,6 +10,7 @@ runs in a private mount namespace where a 0666 copy of the device node is bound 
 Inside the user namespace the oracle is again the kernel's overlayfs (mounted with
 userxattr); for the fuse-overlayfs options the oracle is fuse-overlayfs itself."""
 
+import ctypes
 import json
 import os
 import shutil
@@ -367,6 +368,52 @@ def test_xattr_permissions(tdir, impl, xp):
     for n, v in m.items():
         assert not [a for a in v.get("xattrs", {}) if "override_stat" in a], \
             f"{n}: override_stat visible in the mount"
+
+
+@pytest.mark.parametrize("xp", ["2", "1"])
+def test_xattr_permissions_open_files(tdir, impl, xp):
+    """With xattr_permissions, files reached only through an open fd -- removed while open,
+    or O_TMPFILE not linked yet -- show and take ownership through the override xattr like
+    named ones (the fd's /proc link must be followed, not acted on)."""
+    lower, upper, work, mnt = (tdir / n for n in ("lower", "upper", "work", "mnt"))
+    for d in (lower / "d", upper, work, mnt):
+        d.mkdir(parents=True)
+    (lower / "d" / "low").write_bytes(b"lower file")
+    own = lambda st: (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777))
+    with union.make_mount("stratafs", mnt, [lower], upper, work,
+                          opts=[f"xattr_permissions={xp}"]):
+        for name in ("up", "low"):
+            p = mnt / "d" / name
+            if name == "up":
+                p.write_bytes(b"upper file")
+            os.chown(p, 1234, 5678)
+            os.chmod(p, 0o604)
+            fd = os.open(p, os.O_RDWR)
+            try:
+                os.unlink(p)
+                assert own(os.fstat(fd)) == (1234, 5678, "0o604"), name
+                os.fchown(fd, 42, 43)
+                os.fchmod(fd, 0o640)
+                assert own(os.fstat(fd)) == (42, 43, "0o640"), name
+                assert os.pread(fd, 32, 0).endswith(b"file")
+            finally:
+                os.close(fd)
+        fd = os.open(mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
+        try:
+            assert own(os.fstat(fd)) == (0, 0, "0o600")
+            os.fchown(fd, 7, 8)
+            os.fchmod(fd, 0o644)
+            os.write(fd, b"tmp")
+            assert own(os.fstat(fd)) == (7, 8, "0o644")
+            libc = ctypes.CDLL(None, use_errno=True)     # linkat(fd, "", AT_EMPTY_PATH)
+            assert libc.linkat(fd, b"", -100, bytes(mnt / "d" / "named"), 0x1000) == 0, \
+                os.strerror(ctypes.get_errno())
+        finally:
+            os.close(fd)
+        assert own(os.stat(mnt / "d" / "named")) == (7, 8, "0o644")
+        assert (mnt / "d" / "named").read_bytes() == b"tmp"
+        real = os.lstat(upper / "d" / "named")
+        assert (real.st_uid, real.st_gid) == (0, 0), "the real file was chowned"
 
 
 def test_uidmapping_like_fuse_overlayfs(tdir, impl):

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/xattr.h>
 
+#include "fdpath.h"
 #include "overlay/ovl.h"
 
 static uint32_t ovl_map_out(const struct ovl_idmap *m, int n, uint32_t host)
@@ -65,7 +66,8 @@ int ovl_override_read(struct ovl_fs *fs, const char *procpath, struct stat *st)
 {
 	char buf[128];
 	unsigned int uid, gid, mode;
-	ssize_t n = lgetxattr(procpath, ovl_override_name(fs), buf, sizeof(buf) - 1);
+	ssize_t n = (fd_path_is_fd(procpath) ? getxattr : lgetxattr)(procpath,
+			ovl_override_name(fs), buf, sizeof(buf) - 1);
 
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
@@ -85,8 +87,12 @@ static int ovl_override_set(struct ovl_fs *fs, const char *procpath, int fd, uid
 	char buf[64];
 	int n = snprintf(buf, sizeof(buf), "%u:%u:0%o", uid, gid, mode & 07777);
 
-	if ((procpath ? lsetxattr(procpath, ovl_override_name(fs), buf, n, 0)
-		      : fsetxattr(fd, ovl_override_name(fs), buf, n, 0)) < 0)
+	if (!procpath)
+		n = fsetxattr(fd, ovl_override_name(fs), buf, n, 0);
+	else
+		n = (fd_path_is_fd(procpath) ? setxattr : lsetxattr)(procpath,
+			ovl_override_name(fs), buf, n, 0);
+	if (n < 0)
 		return -errno;
 	return 0;
 }

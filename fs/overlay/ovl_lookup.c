@@ -251,7 +251,13 @@ int ovl_getattr(struct ovl_fs *fs, struct ovl_node *n, struct stat *st)
 	if (!ret) {
 		ret = ovl_stat_top(fs, n, path, st);
 	} else if (ret == -ESTALE && n->orphan_fd >= 0 && fstat(n->orphan_fd, st) == 0) {
-		st->st_ino = n->ino;    /* removed, kept open (ovl_unlink): the file answers */
+		/* Removed and kept open (ovl_unlink), or O_TMPFILE (ovl_tmpfile): the file
+		 * answers, through its override xattr with xattr_permissions like any other. */
+		char proc[32];
+
+		st->st_ino = n->ino;
+		if (fs->o.xattr_permissions && !ovl_node_orphan_path(n, proc, sizeof(proc)))
+			ovl_override_read(fs, proc, st);
 		ovl_map_stat(fs, st);
 		ret = 0;
 	}

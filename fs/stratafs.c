@@ -18,10 +18,12 @@
 #include <syslog.h>
 #include <unistd.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <linux/capability.h>
+#include <linux/securebits.h>
 
 #include "stratafs.h"
 #include "fdpath.h"
@@ -198,7 +200,7 @@ static int sfs_upper_begin(struct sfs *s, struct ovl_node *n, char *path)
 {
 	int ret;
 
-	pthread_mutex_lock(&s->fs.copy_lock);
+	pthread_rwlock_wrlock(&s->fs.copy_lock);
 	ret = ovl_copy_up(&s->fs, n);
 	if (!ret) {
 		pthread_rwlock_rdlock(&s->fs.tree_lock);
@@ -209,13 +211,13 @@ static int sfs_upper_begin(struct sfs *s, struct ovl_node *n, char *path)
 		pthread_rwlock_unlock(&s->fs.tree_lock);
 	}
 	if (ret)
-		pthread_mutex_unlock(&s->fs.copy_lock);
+		pthread_rwlock_unlock(&s->fs.copy_lock);
 	return ret;
 }
 
 static void sfs_upper_done(struct sfs *s)
 {
-	pthread_mutex_unlock(&s->fs.copy_lock);
+	pthread_rwlock_unlock(&s->fs.copy_lock);
 }
 
 /*
@@ -1475,11 +1477,31 @@ static int sfs_loop(struct sfs *s, struct fuse_session *se)
 	if (!lc)
 		return -ENOMEM;
 	fuse_loop_cfg_set_clone_fd(lc, 1);
-	fuse_loop_cfg_set_max_threads(lc, 64);
-	fuse_loop_cfg_set_idle_threads(lc, 8);
+	fuse_loop_cfg_set_max_threads(lc, (unsigned int)s->cfg.max_threads);
+	fuse_loop_cfg_set_idle_threads(lc, (unsigned int)s->cfg.max_idle_threads);
 	ret = fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
 	return ret;
+}
+
+/*
+ * Creates run as the caller (fsuid/fsgid: ovl_create_in_place), as the kernel overlay's run
+ * with the mounter's capabilities and the caller's fsuid/fsgid.  Leaving fsuid 0 would
+ * drop CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_MKNOD and the like unless SECBIT_NO_SETUID_FIXUP
+ * is set; set in the main thread once the mount is up, just before the loop starts the
+ * workers (threads inherit it; fusermount3, which libfuse may have run for the mount,
+ * must not).  A daemon without CAP_SETPCAP has no such capabilities to keep unless it is
+ * root.
+ */
+static bool sfs_keep_caps(void)
+{
+	int bits = prctl(PR_GET_SECUREBITS);
+
+	if (bits >= 0 && (bits & SECBIT_NO_SETUID_FIXUP))
+		return true;
+	if (bits >= 0 && prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) == 0)
+		return true;
+	return geteuid() != 0;
 }
 
 int main(int argc, char **argv)
@@ -1538,6 +1560,7 @@ int main(int argc, char **argv)
 	}
 	s.pf = pf_start(&s.fs, se);
 	s.da = s.cfg.dir_readahead ? da_start(&s.fs) : NULL;
+	s.fs.setfsuid = sfs_keep_caps();        /* last: the workers inherit it, nothing else */
 	ret = sfs_loop(&s, se);
 	da_stop(s.da);
 	pf_stop(s.pf);

@@ -13,6 +13,7 @@ struct sfs_config {
 	int nlowers;
 	char *upper, *work, *mountpoint;
 	bool foreground, debug, threaded, writeback, fsync, noacl;
+	long max_threads, max_idle_threads;     /* the multi-threaded loop's */
 	int passthrough;                /* 0 off, 1 auto, 2 on */
 	bool passthrough_lower;         /* lower files of writable mounts pass through too */
 	bool dir_readahead;             /* read subdirectories ahead (fs/dirahead.c) */

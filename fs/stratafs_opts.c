@@ -39,6 +39,7 @@ static const char *sfs_usage =
 "  noxattrs=0|1|2     1: xattrs fail with ENOTSUP, 2: silently ignored\n"
 "  volatile, fsync=0  fsync is a no-op              timeout=S  kernel cache timeout\n"
 "  threaded=0|1       multi-threaded loop (default 1)  writeback=0|1  writeback cache\n"
+"  max_threads=N, max_idle_threads=M   workers of that loop (default 64, 8 idle)\n"
 "  ino32_t            32-bit inode numbers          xino=off|auto|on, redirect_dir=...\n"
 "  passthrough=auto|on|off   kernel FUSE passthrough for directory layers\n"
 "  passthrough_lower=0|1     lower files of a writable mount pass through too (1); with 0\n"
@@ -66,7 +67,7 @@ static const char *const sfs_ignored[] = {
 };
 static const char *const sfs_ignored_prefix[] = {
 	"context=", "fscontext=", "defcontext=", "rootcontext=", "xino=",
-	"metacopy=", "index=", "nfs_export=", "plugins=", "fast_ino=", "max_idle_threads=",
+	"metacopy=", "index=", "nfs_export=", "plugins=", "fast_ino=",
 	"uid=", "gid=", NULL
 };
 
@@ -266,6 +267,10 @@ static int sfs_one_opt(struct sfs_config *c, char *opt)
 			c->passthrough_lower = v;
 		return 0;
 	}
+	if (KEY("max_threads") && val)
+		return sfs_num(opt, val, 1, 4096, &c->max_threads);
+	if (KEY("max_idle_threads") && val)
+		return sfs_num(opt, val, 1, 4096, &c->max_idle_threads);
 	if (KEY("timeout") && val) {
 		char *end;
 		double t = strtod(val, &end);
@@ -358,6 +363,8 @@ int sfs_parse_args(int argc, char **argv, struct sfs_config *c)
 
 	memset(c, 0, sizeof(*c));
 	c->threaded = true;
+	c->max_threads = 64;
+	c->max_idle_threads = 8;
 	c->fsync = true;
 	c->passthrough = 1;
 	c->passthrough_lower = true;

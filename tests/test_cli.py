@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,33 @@ def test_option_accepted(tdir, impl, opt, request):
             assert (mnt / "w").read_bytes() == b"w"
 
 
+def test_option_max_threads(tdir, impl):
+    """max_threads caps the workers of the multi-threaded loop: after the same parallel
+    load, a max_threads=1 daemon runs fewer threads than one with the default, and both
+    serve it all."""
+    if union.impl_is_fuse_overlayfs():
+        pytest.skip("fuse-overlayfs has no max_threads")
+
+    def threads_after_load(opts, sub):
+        lowers, upper, work, mnt = stack(tdir / sub)
+        with union.FuseMount(mnt, lowers, upper, work, opts) as m:
+            def load(i):
+                for j in range(200):
+                    p = m.mnt / f"f{i}.{j}"
+                    p.write_bytes(b"x")
+                    os.stat(p)
+                    p.unlink()
+                return True
+            with ThreadPoolExecutor(8) as ex:
+                assert all(ex.map(load, range(8)))
+            assert (m.mnt / "bottom").read_bytes() == b"bottom\n"
+            return len(os.listdir(f"/proc/{m.pids[0]}/task"))
+
+    capped = threads_after_load(["max_threads=1"], "one")
+    default = threads_after_load([], "default")
+    assert capped < default, (capped, default)
+
+
 def test_option_context(tdir, impl):
     lowers, upper, work, mnt = stack(tdir)
     o = union.overlay_opts(lowers, upper, work,
@@ -425,6 +453,9 @@ def bad_cases(tdir, lowers, upper, work, mnt):
         "bad xattr_permissions": (["-o", union.overlay_opts(lowers, upper, work,
                                                             ["xattr_permissions=7"]), mnt],
                                   "xattr_permissions"),
+        "bad max_threads": (["-o", union.overlay_opts(lowers, upper, work,
+                                                      ["max_threads=0"]), mnt],
+                            "max_threads"),
     }
 
 
@@ -432,12 +463,12 @@ BAD = ["missing lowerdir", "empty lowerdir", "nonexistent lower", "lower not a d
        "nonexistent upper", "nonexistent workdir", "upper without workdir",
        "workdir on another fs", "upper inside a lower", "workdir inside upper",
        "missing mountpoint", "mountpoint not a dir", "no mountpoint", "bad uidmapping",
-       "bad xattr_permissions"]
+       "bad xattr_permissions", "bad max_threads"]
 
 FO_BAD = {  # fuse-overlayfs 1.10 accepts these, or says nothing naming the bad thing
     "missing lowerdir", "empty lowerdir", "nonexistent workdir", "workdir on another fs",
     "upper inside a lower", "workdir inside upper", "missing mountpoint",
-    "mountpoint not a dir", "bad uidmapping",
+    "mountpoint not a dir", "bad uidmapping", "bad max_threads",
 }
 
 

@@ -8,9 +8,12 @@
  *
  * Locking: fs->tree_lock (rwlock) guards the shape of the node tree (parent/name links, a
  * node's layer stack); read ops hold it shared while they turn a node into a path and use
- * it, namespace changes hold it exclusive.  fs->copy_lock serialises copy-ups and other
- * writes into the upper so two of them never race on one name.  The node hash has a lock
- * per bucket.  Errors are negative errno values.
+ * it, namespace changes hold it exclusive.  fs->copy_lock (rwlock) serialises copy-ups and
+ * other writes into the upper so two of them never race on one name: held exclusive by
+ * all of them but one, the creation of a new entry in a directory that is already in the
+ * upper, which holds it shared (the kernel already serialises changes within one directory
+ * by its lock, and no copy-up or rename can run meanwhile).  The node hash has a lock per
+ * bucket.  Errors are negative errno values.
  */
 #ifndef STRATA_OVL_H
 #define STRATA_OVL_H
@@ -134,10 +137,13 @@ struct ovl_fs {
 	int work_fd;                    /* O_PATH workdir/work: staging for atomic creates */
 	bool priv;                      /* may write trusted.* xattrs and device nodes */
 	bool rootless;                  /* running without real privilege: no chown */
+	bool setfsuid;                  /* may create as the caller (setfsuid/setfsgid)
+					 * without losing capabilities: the daemon's to
+					 * set (SECBIT_NO_SETUID_FIXUP), false by default */
 	struct ovl_opts o;
 	struct ovl_node *root;
 	pthread_rwlock_t tree_lock;
-	pthread_mutex_t copy_lock;
+	pthread_rwlock_t copy_lock;      /* see "Locking" above */
 	pthread_mutex_t hash_lock[64];
 	struct ovl_node **hash;                 /* OVL_HASH_BUCKETS chains */
 	struct ovl_alias **alias_hash;          /* OVL_HASH_BUCKETS chains */

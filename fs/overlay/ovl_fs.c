@@ -192,7 +192,15 @@ int ovl_fs_init(struct ovl_fs *fs, char **lowers, int nlowers, const char *upper
 	pthread_mutex_init(&fs->inomap->lock, NULL);
 	pthread_mutex_init(&fs->devmap->lock, NULL);
 	pthread_rwlock_init(&fs->tree_lock, NULL);
-	pthread_mutex_init(&fs->copy_lock, NULL);
+	{
+		/* Writers first: a stream of parallel creates must not starve a copy-up. */
+		pthread_rwlockattr_t a;
+
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&fs->copy_lock, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
 	for (i = 0; i < 64; i++)
 		pthread_mutex_init(&fs->hash_lock[i], NULL);
 

@@ -264,3 +264,149 @@ def test_copy_up_crash_leaves_no_partial_file(tdir, impl, delay_ms):
             for b in iter(lambda: f.read(1 << 20), b""):
                 h.update(b)
         assert h.hexdigest() == want
+
+
+def _create_through_fd(fd, tag, n, q):
+    """Create n files through fd, a directory opened before its parents started moving;
+    report the names made and any error."""
+    made, errors = [], []
+    try:
+        for i in range(n):
+            name = f"{tag}.{i}"
+            try:
+                f = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640, dir_fd=fd)
+                os.write(f, name.encode())
+                os.close(f)
+                if i % 3 == 0:
+                    os.mkdir(name + ".d", dir_fd=fd)
+                made.append(name)
+            except OSError as e:
+                errors.append(f"{name}: {e}")
+    finally:
+        os.close(fd)
+    q.put((tag, made, errors))
+
+
+def _rename_back_and_forth(a, b, seconds, q):
+    n, errors, end = 0, [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.rename(a, b)
+            os.rename(b, a)
+            n += 1
+        except OSError as e:
+            errors.append(str(e))
+    q.put(("rename", n, errors))
+
+
+def _look_up_first(mnt, names, q):
+    """First lookups of lower directories below the directory being renamed, racing the
+    renames (whichever name it has at the moment)."""
+    found = 0
+    for n in names:
+        for parent in ("top/p", "top/q"):
+            try:
+                os.stat(os.path.join(mnt, parent, n, "f"))
+                found += 1
+                break
+            except FileNotFoundError:
+                pass
+    q.put(("look", found, []))
+
+
+def _copy_up_lowers(paths, q):
+    errors = []
+    for p in paths:
+        try:
+            os.chmod(p, 0o600)
+        except OSError as e:
+            errors.append(f"{p}: {e}")
+    q.put(("copyup", len(paths), errors))
+
+
+def test_creates_while_parents_move(tdir, impl):
+    """Creates in directories already in the upper run in parallel (copy_lock shared) and
+    are made in place: a directory being created in must not move or be copied up under
+    them.  Workers create files and directories through an fd of their directory -- one
+    in the upper, one that is copied up by the first create, one in a merged directory --
+    while another process renames their common parent back and forth (a redirect: it has
+    lower content), another looks up lower directories below it for the first time, and
+    another copies up lower files beside them.  Afterwards each file is in its directory,
+    complete, with the mode asked; each directory looked up during the renames still
+    shows its lower file (a lookup racing a rename once kept the lower entry under the
+    merged path of the moment, and the directory listed empty); nothing was lost, nothing
+    is in workdir, and the kernel's overlayfs reads the same from the upper dir."""
+    lows = [E(f"top/p/w{w}/low{k}", data=b"low") for w in range(3) for k in range(40)]
+    lows += [E("top/p/merged/m0", data=b"m")]
+    looked = [f"d{k}" for k in range(400)]
+    lows += [E(f"top/p/{d}/f", data=d.encode()) for d in looked]
+    lowers, upper, work, mnt = union.build_stack(tdir, [lows],
+                                                 upper_entries=[E("top/p/merged/u0")])
+    with union.FuseMount(mnt, lowers, upper, work, []) as m:
+        os.makedirs(m.mnt / "top/p/up")
+        dirs = ["up", "w0", "merged"]
+        q = multiprocessing.Queue()
+        fds = [os.open(m.mnt / "top/p" / d, os.O_RDONLY | os.O_DIRECTORY) for d in dirs]
+        procs = [multiprocessing.Process(target=_create_through_fd, args=(fd, d, 800, q))
+                 for fd, d in zip(fds, dirs)]
+        procs.append(multiprocessing.Process(target=_rename_back_and_forth,
+                                             args=(m.mnt / "top/p", m.mnt / "top/q", 4, q)))
+        procs.append(multiprocessing.Process(target=_look_up_first,
+                                             args=(str(m.mnt), looked, q)))
+        lower_files = [m.mnt / "top/p" / f"w{w}" / f"low{k}" for w in (1, 2) for k in range(40)]
+        for p in procs:
+            p.start()
+        time.sleep(0.2)
+        cp = multiprocessing.Process(target=_copy_up_lowers,
+                                     args=([str(f) for f in lower_files], q))
+        cp.start()
+        procs.append(cp)
+        results = {}
+        for _ in procs:
+            tag, made, errors = q.get(timeout=120)
+            results[tag] = (made, errors)
+        for p in procs:
+            p.join(30)
+        for fd in fds:
+            os.close(fd)
+        errors = {t: e for t, (_, e) in results.items() if e}
+        # the renamer and the copy-ups use paths and may find top/p renamed away: ENOENT
+        for t in ("rename", "copyup"):
+            errors[t] = [e for e in errors.get(t, []) if "No such file" not in e]
+            if not errors[t]:
+                del errors[t]
+        assert not errors, errors
+        assert results["rename"][0] > 0, "the parent was never renamed"
+        base = m.mnt / "top/p"
+        assert base.is_dir() and not (m.mnt / "top/q").exists()
+
+        def check(root):
+            problems = []
+            for d in dirs:
+                made = results[d][0]
+                names = set(os.listdir(root / d))
+                want = set(made) | {n + ".d" for n in made if int(n.split(".")[1]) % 3 == 0}
+                if not want <= names:
+                    problems.append(f"{d}: missing {sorted(want - names)[:5]}")
+                for n in made:
+                    st = os.stat(root / d / n)
+                    if (root / d / n).read_bytes() != n.encode() or st.st_mode & 0o777 != 0o640:
+                        problems.append(f"{d}/{n}: {oct(st.st_mode)}")
+            for d in looked:        # looked up while their parent moved
+                try:
+                    ok = os.listdir(root / d) == ["f"] and \
+                        (root / d / "f").read_bytes() == d.encode()
+                except OSError as e:
+                    ok = e
+                if ok is not True:
+                    problems.append(f"{d}: {ok or os.listdir(root / d)}")
+            return problems
+        problems = check(base)
+        assert not problems, problems[:10]
+        assert {"m0", "u0"} <= set(os.listdir(base / "merged"))
+    assert not [n for n in os.listdir(work / "work")], "left in workdir"
+    work2 = tdir / "work2"
+    work2.mkdir()
+    with union.KernelMount(mnt, lowers, upper, work2, ["index=off", "redirect_dir=on"]):
+        problems = check(mnt / "top/p")
+        assert not problems, "kernel over the upper dir: " + str(problems[:10])

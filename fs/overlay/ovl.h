@@ -152,6 +152,8 @@ struct ovl_fs {
 	struct ovl_devmap *devmap;
 	uint64_t tmp_seq;
 	uint64_t gen;                   /* bumped by every namespace change */
+	uint64_t tree_seq;              /* bumped under tree_lock exclusive when a node moves
+					 * or its lower paths are pinned (ovl_lookup) */
 	void (*reader_free)(void *reader);
 	void (*pf_free)(void *pf);
 };

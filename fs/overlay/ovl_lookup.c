@@ -271,11 +271,14 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	char dpath[PATH_MAX], cpath[PATH_MAX];
 	struct ovl_res res;
 	struct ovl_node *n;
+	uint64_t seq;
 	int ret;
 
 	if (!S_ISDIR(dir->type))
 		return -ENOTDIR;
+again:
 	pthread_rwlock_rdlock(&fs->tree_lock);
+	seq = fs->tree_seq;
 	ret = ovl_node_path(dir, dpath, sizeof(dpath));
 	if (ret)
 		goto out;
@@ -296,8 +299,16 @@ int ovl_lookup(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 		goto out;
 	pthread_rwlock_unlock(&fs->tree_lock);
 
-	/* Adding a node changes the tree: exclusive, and someone may have beaten us to it. */
+	/* Adding a node changes the tree: exclusive, and someone may have beaten us to it.  A
+	 * rename between the two may have moved dir or a parent (renames do not wait for
+	 * lookups): what the walk found is then named by paths that no longer hold -- a lower
+	 * entry found at the merged path would be looked for at the new one -- so walk again. */
 	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (fs->tree_seq != seq) {
+		ovl_lent_free(res.lent, res.nlent);
+		pthread_rwlock_unlock(&fs->tree_lock);
+		goto again;
+	}
 	n = ovl_node_find(fs, dir, name);
 	if (!n && fs->has_upper && res.lent[0].layer == 0 && !S_ISDIR(res.st.st_mode) &&
 	    res.st.st_nlink > 1 && (n = ovl_hl_find(fs, res.st.st_ino)) != NULL)

@@ -128,6 +128,7 @@ void ovl_node_move(struct ovl_fs *fs, struct ovl_node *n, struct ovl_node *np, c
 
 	if (!nn)
 		return;         /* keeps the old name: a later lookup makes a fresh node */
+	fs->tree_seq++;
 	ovl_node_unhash(fs, n);
 	free(n->name);
 	n->name = nn;
@@ -320,6 +321,7 @@ int ovl_node_pin_lower_paths(struct ovl_fs *fs, struct ovl_node *top)
 	struct ovl_node *n;
 	int b, ret = ovl_pin_one(fs, top);
 
+	fs->tree_seq++;
 	for (b = 0; !ret && b < OVL_HASH_BUCKETS; b++) {
 		pthread_mutex_lock(ovl_bucket_lock(fs, b));
 		for (n = fs->hash[b]; n && !ret; n = n->hnext)

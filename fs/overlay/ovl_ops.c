@@ -985,18 +985,19 @@ int ovl_rename(struct ovl_fs *fs, struct ovl_node *dir, const char *name,
 	if (ret)
 		goto put_t;
 	wh = !(flags & RENAME_EXCHANGE) && ovl_lower_has(fs, dir, dpath, name);
-	if ((redirect && !s.temp) || (t_redirect && !t.temp)) {
-		pthread_rwlock_wrlock(&fs->tree_lock);
-		if (redirect && !s.temp)
-			ret = ovl_node_pin_lower_paths(fs, s.n);
-		if (!ret && t_redirect && !t.temp)
-			ret = ovl_node_pin_lower_paths(fs, t.n);
-		pthread_rwlock_unlock(&fs->tree_lock);
-		if (ret)
-			goto put_t;
-	}
-	/* As in ovl_unlink: the rename and the node moves are one step for readers. */
+	/* As in ovl_unlink: the rename and the node moves are one step for readers -- and so is
+	 * pinning the lower paths of the moving trees: a lookup that added a node below them
+	 * between a pin and the move would keep a lower entry named by the merged path, which
+	 * the move then makes wrong. */
 	pthread_rwlock_wrlock(&fs->tree_lock);
+	if (redirect && !s.temp)
+		ret = ovl_node_pin_lower_paths(fs, s.n);
+	if (!ret && t_redirect && !t.temp)
+		ret = ovl_node_pin_lower_paths(fs, t.n);
+	if (ret) {
+		pthread_rwlock_unlock(&fs->tree_lock);
+		goto put_t;
+	}
 	if (have_t && !(flags & RENAME_EXCHANGE))
 		orphan = ovl_orphan_open(fs, &t, npath);
 	ret = ovl_rename_upper(fs, path, dpath, name, npath, wh, flags & RENAME_EXCHANGE);

@@ -55,18 +55,20 @@ static void ovl_ns_end(struct ovl_fs *fs)
  * in the upper (it never leaves it), creates in different directories can run together:
  * the kernel holds the directory's lock across LOOKUP and CREATE, so nothing else changes
  * names in it meanwhile, and everything that moves or copies up entries (rename, copy-up,
- * link, unlink of a lower entry) waits for the exclusive lock.  Each create builds its
- * entry under its own name in workdir.  Contended creates were the bottleneck of parallel
- * metadata loads (bench/'s mdtest), each waiting out the others' inode allocations.
+ * link, unlink of a lower entry) waits for the exclusive lock.  Each create makes its entry
+ * in place or under its own name in workdir.  Contended creates were the bottleneck of
+ * parallel metadata loads (bench/'s mdtest), each waiting out the others' inode
+ * allocations.
  */
 static void ovl_ns_begin_create(struct ovl_fs *fs, struct ovl_node *dir)
 {
 	pthread_rwlock_rdlock(&fs->copy_lock);
-	if (!ovl_in_upper(fs, dir)) {
-		pthread_rwlock_unlock(&fs->copy_lock);
-		pthread_rwlock_wrlock(&fs->copy_lock);
+	if (ovl_in_upper(fs, dir)) {
+		__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+		return;
 	}
-	__atomic_add_fetch(&fs->gen, 1, __ATOMIC_SEQ_CST);
+	pthread_rwlock_unlock(&fs->copy_lock);
+	ovl_ns_begin(fs);               /* dir is to be copied up */
 }
 
 static int ovl_child_get(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath,
@@ -300,6 +302,15 @@ static int ovl_make_tmp(struct ovl_fs *fs, const char *tmp, mode_t mode, dev_t r
 	}
 }
 
+/* Whether a directory arriving at dir/name must be opaque so as not to merge with what is
+ * below: a lower entry is whited out there, or (as the kernel does with redirect_dir) dir
+ * is merged. */
+static bool ovl_new_dir_opaque(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath,
+			       const char *name)
+{
+	return (!fs->o.no_redirect && dir->nlent > 1) || ovl_lower_has(fs, dir, dpath, name);
+}
+
 /*
  * The common create -- a new name with nothing under it in the upper, no set-id bits, no
  * override xattr, no opaque marker to set -- needs nothing that workdir's rename makes
@@ -310,9 +321,9 @@ static int ovl_make_tmp(struct ovl_fs *fs, const char *tmp, mode_t mode, dev_t r
  * group.  Needs fs->setfsuid (the daemon keeps its capabilities across an fsuid switch,
  * as the kernel overlay creates with the mounter's).  -EAGAIN: take the workdir path.
  */
-static int ovl_create_in_place(struct ovl_fs *fs, struct ovl_node *dir, const char *dpath,
-			       const char *name, const char *path, mode_t mode, dev_t rdev,
-			       const char *link, int oflags, const struct ovl_cred *cred, int *fd)
+static int ovl_create_in_place(struct ovl_fs *fs, const char *dpath, const char *name,
+			       const char *path, mode_t mode, dev_t rdev, const char *link,
+			       int oflags, const struct ovl_cred *cred, int *fd)
 {
 	char whpath[PATH_MAX + 8], pp[PATH_MAX + 32];
 	uid_t uid = ovl_uid_to_host(fs, cred->uid), ouid;
@@ -322,9 +333,6 @@ static int ovl_create_in_place(struct ovl_fs *fs, struct ovl_node *dir, const ch
 
 	if (!fs->setfsuid || fs->o.xattr_permissions || (mode & (S_ISUID | S_ISGID)))
 		return -EAGAIN;
-	if (S_ISDIR(mode) && ((!fs->o.no_redirect && dir->nlent > 1) ||
-			      ovl_lower_has(fs, dir, dpath, name)))
-		return -EAGAIN;         /* must be opaque: built in workdir */
 	snprintf(whpath, sizeof(whpath), "%s%s" WH_PREFIX "%s", dpath, *dpath ? "/" : "", name);
 	if (fstatat(fs->upper_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 ||
 	    fstatat(fs->upper_fd, whpath, &st, AT_SYMLINK_NOFOLLOW) == 0)
@@ -378,6 +386,7 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	char dpath[PATH_MAX], path[PATH_MAX], tmp[64];
 	struct ovl_child c;
 	struct stat pst;
+	bool opaque;
 	int ret, lfd = -1;
 
 	if (wh_is_reserved_name(name))
@@ -399,16 +408,15 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	ret = ovl_copy_up(fs, dir);
 	if (ret)
 		goto out;
-	ret = ovl_create_in_place(fs, dir, dpath, name, path, mode, rdev, link, oflags, cred,
-				  &lfd);
+	/* A new directory where a lower one is whited out must not let it show through: built
+	 * opaque in workdir. */
+	opaque = S_ISDIR(mode) && ovl_new_dir_opaque(fs, dir, dpath, name);
+	ret = opaque ? -EAGAIN : ovl_create_in_place(fs, dpath, name, path, mode, rdev, link,
+						     oflags, cred, &lfd);
 	if (ret != -EAGAIN) {
 		if (!ret)
 			ret = ovl_new_node(fs, dir, name, path, out, st);
-		if (ret && lfd >= 0) {
-			close(lfd);
-			lfd = -1;
-		}
-		goto out;
+		goto out;               /* which closes lfd on failure */
 	}
 	if (fstatat(fs->upper_fd, *dpath ? dpath : ".", &pst, 0) < 0) {
 		ret = -errno;
@@ -424,9 +432,7 @@ int ovl_create(struct ovl_fs *fs, struct ovl_node *dir, const char *name, mode_t
 	ret = ovl_inherit_acl(fs, dpath, tmp, -1, &mode, cred->umask);
 	if (!ret)
 		ret = ovl_set_owner(fs, tmp, -1, &pst, cred, mode);
-	/* A new directory where a lower one is whited out must not let it show through. */
-	if (!ret && S_ISDIR(mode) && ((!fs->o.no_redirect && dir->nlent > 1) ||
-				       ovl_lower_has(fs, dir, dpath, name))) {
+	if (!ret && opaque) {
 		int dfd = openat(fs->work_fd, tmp, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
 		ret = dfd < 0 ? -errno : wh_set_opaque(dfd, fs->priv);
@@ -811,14 +817,11 @@ static int ovl_set_opaque_at(struct ovl_fs *fs, const char *path)
 	return ret;
 }
 
-/* A directory arriving where it could merge with what is below must not: where a lower
- * entry is whited out, or (as the kernel does with redirect_dir) in a merged parent. */
+/* A directory moved in: opaque where it could merge with what is below. */
 static int ovl_opaque_if_lower(struct ovl_fs *fs, struct ovl_node *ndir, const char *ndpath,
 			       const char *nname, const char *npath)
 {
-	if (!ovl_lower_has(fs, ndir, ndpath, nname) && !(!fs->o.no_redirect && ndir->nlent > 1))
-		return 0;
-	return ovl_set_opaque_at(fs, npath);
+	return ovl_new_dir_opaque(fs, ndir, ndpath, nname) ? ovl_set_opaque_at(fs, npath) : 0;
 }
 
 static const char *ovl_redirect_xattr(struct ovl_fs *fs)
